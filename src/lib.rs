@@ -1,0 +1,10 @@
+//! popsync: a durable POP3 mail-fetching sync agent.
+//!
+//! Layers, from the wire up:
+//! - [`pop3`]: the pure protocol codec (no I/O).
+//! - [`session`]: a tokio connection speaking that codec over TCP or TLS.
+//! - [`config`]: the TOML configuration.
+//! - [`deliver`]: local delivery targets (maildir, mbox, MDA).
+pub mod config;
+pub mod deliver;
+pub mod pop3;
