@@ -314,3 +314,6 @@ fn describe_status(status: std::process::ExitStatus) -> String {
     }
     format!("{status}")
 }
+
+#[cfg(test)]
+mod tests;

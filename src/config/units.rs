@@ -97,7 +97,7 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
     }
     if hex_digits.len() != 64 {
         return Err(format!(
-            "fingerprint must be a SHA-256 digest of 32 bytes (64 hex digits), got {} hex digits",
+            "expected a SHA-256 digest: 32 bytes (64 hex digits), got {} hex digits",
             hex_digits.len()
         ));
     }
