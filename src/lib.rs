@@ -5,6 +5,9 @@
 //! - [`session`]: a tokio connection speaking that codec over TCP or TLS.
 //! - [`config`]: the TOML configuration.
 //! - [`deliver`]: local delivery targets (maildir, mbox, MDA).
+pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod pop3;
+pub mod session;
+pub mod store;

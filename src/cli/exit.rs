@@ -1,0 +1,91 @@
+//! Exit codes: distinct per kind of failure, so scripts and systemd can act.
+
+use crate::session::SessionError;
+
+/// Documented in README ("Exit codes"). Never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exit {
+    Ok = 0,
+    /// A bug or an unexpected local error.
+    Internal = 1,
+    /// Command-line usage (clap uses 2 as well).
+    Usage = 2,
+    Config = 3,
+    /// The server refused the credentials.
+    Auth = 4,
+    /// TLS or certificate failure, or a refusal to send credentials in clear.
+    Tls = 5,
+    /// Network trouble or a temporary server condition: retry later.
+    Temporary = 6,
+    /// Local delivery or state failure (disk full, unwritable maildir, …).
+    Delivery = 7,
+    /// Another popsync holds the account's lock.
+    Locked = 8,
+    /// The server broke the protocol or failed permanently.
+    Protocol = 9,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// How a session failure maps to an exit code.
+    pub fn for_session(err: &SessionError) -> Exit {
+        if err.is_tls() {
+            Exit::Tls
+        } else if err.is_auth() {
+            Exit::Auth
+        } else if err.is_transient() {
+            Exit::Temporary
+        } else {
+            Exit::Protocol
+        }
+    }
+
+    /// When several accounts fail differently, the most actionable wins.
+    pub fn severity(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Temporary => 1,
+            Exit::Locked => 2,
+            Exit::Protocol => 3,
+            Exit::Delivery => 4,
+            Exit::Tls => 5,
+            Exit::Auth => 6,
+            Exit::Config => 7,
+            Exit::Usage => 8,
+            Exit::Internal => 9,
+        }
+    }
+
+    pub fn worst(self, other: Exit) -> Exit {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// An error on its way to the user: a message and the code to exit with.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Failure {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::config::ConfigError> for Failure {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Failure::new(Exit::Config, e.to_string())
+    }
+}

@@ -1,0 +1,75 @@
+//! `popsync probe ACCOUNT`: describe the server without changing anything.
+
+use std::fmt::Write;
+
+use crate::config::Account;
+use crate::session::{Session, TraceSink, tls::format_fingerprint};
+
+use super::exit::{Exit, Failure};
+
+pub async fn run(account: &Account, trace: Option<TraceSink>) -> Result<String, Failure> {
+    let session_err = |e: crate::session::SessionError| {
+        Failure::new(
+            Exit::for_session(&e),
+            format!("account `{}`: {e}", account.name),
+        )
+    };
+    let opts = super::connect_options(account, trace);
+    let creds = super::credentials(account)?;
+    let mut session = Session::connect(&opts).await.map_err(session_err)?;
+
+    let mut out = String::new();
+    let _ = writeln!(out, "account       {}", account.name);
+    let _ = writeln!(
+        out,
+        "server        {}:{} (tls = {})",
+        account.host,
+        account.port,
+        super::tls_name(account.tls)
+    );
+    let _ = writeln!(out, "greeting      +OK {}", session.greeting().describe());
+    match session.tls_info() {
+        Some(tls) => {
+            let _ = writeln!(out, "tls           {}, {}", tls.version, tls.cipher);
+            let _ = writeln!(out, "certificate   {}", tls.subject);
+            let _ = writeln!(
+                out,
+                "fingerprint   {}",
+                format_fingerprint(&tls.fingerprint)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "tls           none (the connection is not encrypted)");
+        }
+    }
+    let caps = &session.capabilities().lines;
+    let shown = if caps.is_empty() {
+        "(none: the server does not support CAPA)".to_string()
+    } else {
+        caps.join(", ")
+    };
+    let _ = writeln!(out, "capabilities  {shown}");
+
+    session.login(&creds).await.map_err(session_err)?;
+    let _ = writeln!(out, "auth          {}", session.auth_used().unwrap_or("?"));
+    let stat = session.stat().await.map_err(session_err)?;
+    let _ = writeln!(out, "messages      {} ({} bytes)", stat.count, stat.size);
+    let uidl = match session.listings().await {
+        Ok((Some(entries), _)) => {
+            let bad = entries.iter().filter(|e| e.uid.is_err()).count();
+            if bad == 0 {
+                format!("yes ({} UIDs)", entries.len())
+            } else {
+                format!("yes ({} UIDs, {bad} invalid)", entries.len())
+            }
+        }
+        Ok((None, _)) => "no (keep = true cannot work with this server)".into(),
+        Err(e) => return Err(session_err(e)),
+    };
+    let _ = writeln!(out, "uidl          {uidl}");
+    let quit = session.quit().await.map_err(session_err)?;
+    if !quit.is_ok() {
+        let _ = writeln!(out, "quit          -ERR {}", quit.describe());
+    }
+    Ok(out)
+}

@@ -1,0 +1,184 @@
+//! Choosing and running the login mechanism.
+//!
+//! The rule that matters: no password, APOP digest or token goes over a
+//! connection without TLS unless the account explicitly allows it.
+
+use crate::config::{AuthMethod, Secret};
+use crate::pop3::{Command, Status, apop, sasl};
+
+use super::{Session, SessionError};
+
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub secret: Secret,
+    pub method: AuthMethod,
+    pub allow_insecure_auth: bool,
+}
+
+/// A mechanism we are about to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mechanism {
+    User,
+    Apop,
+    Plain,
+    Xoauth2,
+}
+
+impl Mechanism {
+    fn name(self) -> &'static str {
+        match self {
+            Mechanism::User => "USER",
+            Mechanism::Apop => "APOP",
+            Mechanism::Plain => "SASL PLAIN",
+            Mechanism::Xoauth2 => "SASL XOAUTH2",
+        }
+    }
+}
+
+impl Session {
+    /// Logs in; on success the session is in the TRANSACTION state.
+    pub async fn login(&mut self, creds: &Credentials) -> Result<(), SessionError> {
+        let mechanism = self.choose_mechanism(creds)?;
+        if !self.is_tls() && !creds.allow_insecure_auth {
+            return Err(SessionError::InsecureAuth {
+                method: mechanism.name(),
+            });
+        }
+        let user = creds.username.as_str();
+        let secret = creds.secret.expose();
+        let failed = |line| SessionError::AuthFailed {
+            method: mechanism.name(),
+            line,
+        };
+        match mechanism {
+            Mechanism::User => {
+                self.queue(&Command::User(user))?;
+                self.flush().await?;
+                let line = self.read_status().await?;
+                if line.status != Status::Ok {
+                    return Err(failed(line));
+                }
+                self.queue(&Command::Pass(secret))?;
+                self.flush().await?;
+                let line = self.read_status().await?;
+                if line.status != Status::Ok {
+                    return Err(failed(line));
+                }
+            }
+            Mechanism::Apop => {
+                let timestamp = apop::timestamp(&self.greeting().text)
+                    .ok_or_else(|| {
+                        SessionError::NoAuthMethod(
+                            "auth = \"apop\" but the greeting has no valid APOP timestamp".into(),
+                        )
+                    })?
+                    .to_string();
+                let digest = apop::digest(&timestamp, secret);
+                self.queue(&Command::Apop {
+                    user,
+                    digest: &digest,
+                })?;
+                self.flush().await?;
+                let line = self.read_status().await?;
+                if line.status != Status::Ok {
+                    return Err(failed(line));
+                }
+            }
+            Mechanism::Plain => {
+                let ir = sasl::plain(user, secret);
+                self.queue(&Command::Auth {
+                    mechanism: "PLAIN",
+                    initial: Some(&ir),
+                })?;
+                self.flush().await?;
+                let line = self.read_status().await?;
+                if line.status != Status::Ok {
+                    return Err(self.finish_failed_sasl(line, mechanism).await);
+                }
+            }
+            Mechanism::Xoauth2 => {
+                // Two steps, as Office 365 wants (getmail6#256).
+                self.queue(&Command::Auth {
+                    mechanism: "XOAUTH2",
+                    initial: None,
+                })?;
+                self.flush().await?;
+                let line = self.read_status().await?;
+                if line.status != Status::Continue {
+                    return Err(failed(line));
+                }
+                let token = sasl::xoauth2(user, secret);
+                self.queue(&Command::AuthResponse(&token))?;
+                self.flush().await?;
+                let line = self.read_status().await?;
+                if line.status != Status::Ok {
+                    return Err(self.finish_failed_sasl(line, mechanism).await);
+                }
+            }
+        }
+        self.auth_used = Some(mechanism.name());
+        Ok(())
+    }
+
+    /// A `+ challenge` after our response carries an error description
+    /// (XOAUTH2's JSON); answer it with an empty line to get the final -ERR.
+    async fn finish_failed_sasl(
+        &mut self,
+        mut line: crate::pop3::StatusLine,
+        mechanism: Mechanism,
+    ) -> SessionError {
+        if line.status == Status::Continue {
+            if let Some(detail) = sasl::decode_challenge(&line.text) {
+                self.trace().note(&format!(
+                    "server error detail: {}",
+                    crate::pop3::sanitize(&detail, 300)
+                ));
+            }
+            let next = async {
+                self.queue(&Command::AuthResponse(""))?;
+                self.flush().await?;
+                self.read_status().await
+            };
+            match next.await {
+                Ok(final_line) => line = final_line,
+                Err(e) => return e,
+            }
+        }
+        SessionError::AuthFailed {
+            method: mechanism.name(),
+            line,
+        }
+    }
+
+    fn choose_mechanism(&self, creds: &Credentials) -> Result<Mechanism, SessionError> {
+        let caps = self.capabilities();
+        let has_timestamp = apop::timestamp(&self.greeting().text).is_some();
+        // Servers without CAPA may still take USER/PASS (RFC 1939 lists it).
+        let user_ok = caps.user() || caps.lines.is_empty();
+        match creds.method {
+            AuthMethod::User => Ok(Mechanism::User),
+            AuthMethod::Apop => Ok(Mechanism::Apop),
+            AuthMethod::Plain => Ok(Mechanism::Plain),
+            AuthMethod::Xoauth2 => Ok(Mechanism::Xoauth2),
+            AuthMethod::Auto => {
+                if !self.is_tls() && has_timestamp {
+                    // Without TLS (and only if allowed at all), APOP at least
+                    // keeps the password itself off the wire.
+                    Ok(Mechanism::Apop)
+                } else if caps.has_sasl("PLAIN") {
+                    Ok(Mechanism::Plain)
+                } else if user_ok {
+                    Ok(Mechanism::User)
+                } else if has_timestamp {
+                    Ok(Mechanism::Apop)
+                } else {
+                    Err(SessionError::NoAuthMethod(format!(
+                        "the server offers no mechanism popsync can use (CAPA: {})",
+                        caps.lines.join(", ")
+                    )))
+                }
+            }
+        }
+    }
+}

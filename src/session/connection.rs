@@ -1,0 +1,256 @@
+//! The connection: owns the socket (plain or TLS), the read and write
+//! buffers and the time-outs, and frames bytes with the pure codec.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::SessionError;
+use super::trace::Trace;
+use crate::pop3::{Command, MAX_STATUS_LINE, MultilineDecoder, StatusLine, find_status_line};
+
+const READ_CHUNK: usize = 64 * 1024;
+
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why reading a multi-line body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError<E> {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The sink refused data; the rest of the body was read and dropped, so
+    /// the session is still usable.
+    #[error(transparent)]
+    Sink(E),
+}
+
+pub(crate) struct Connection {
+    stream: Stream,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    io_timeout: Duration,
+    pub(crate) trace: Trace,
+    scratch: Vec<u8>,
+}
+
+impl Connection {
+    pub(crate) fn new(stream: Stream, io_timeout: Duration, trace: Trace) -> Self {
+        Connection {
+            stream,
+            rbuf: Vec::with_capacity(READ_CHUNK),
+            rpos: 0,
+            wbuf: Vec::with_capacity(4096),
+            io_timeout,
+            trace,
+            scratch: Vec::with_capacity(READ_CHUNK + 1),
+        }
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    pub(crate) fn tls_connection(&self) -> Option<&rustls::ClientConnection> {
+        match &self.stream {
+            Stream::Tls(s) => Some(s.get_ref().1),
+            Stream::Plain(_) => None,
+        }
+    }
+
+    /// Unread bytes already received.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    /// Gives up the plain socket for a TLS upgrade. Bytes that arrived before
+    /// the handshake are the caller's to judge (RFC 2595: discard them).
+    pub(crate) fn into_plain(self) -> Result<(TcpStream, Trace, Duration), SessionError> {
+        match self.stream {
+            Stream::Plain(s) => Ok((s, self.trace, self.io_timeout)),
+            Stream::Tls(_) => Err(SessionError::TlsConfig("STLS on a TLS connection".into())),
+        }
+    }
+
+    /// Appends a command to the write buffer; nothing is sent until `flush`.
+    pub(crate) fn queue(&mut self, cmd: &Command<'_>) -> Result<(), SessionError> {
+        cmd.encode(&mut self.wbuf)?;
+        self.trace.client(cmd);
+        Ok(())
+    }
+
+    pub(crate) async fn flush(&mut self) -> Result<(), SessionError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        with_timeout("write", self.io_timeout, write).await??;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Reads more bytes into the buffer; an orderly close is an error here
+    /// because every caller is waiting for a response.
+    async fn fill(&mut self) -> Result<(), SessionError> {
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        } else if self.rpos > READ_CHUNK {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        let start = self.rbuf.len();
+        self.rbuf.resize(start + READ_CHUNK, 0);
+        let read = with_timeout(
+            "read",
+            self.io_timeout,
+            self.stream.read(&mut self.rbuf[start..]),
+        )
+        .await;
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                self.rbuf.truncate(start);
+                return Err(e.into());
+            }
+            Err(e) => {
+                self.rbuf.truncate(start);
+                return Err(e);
+            }
+        };
+        self.rbuf.truncate(start + n);
+        if n == 0 {
+            return Err(SessionError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Reads one status line (`+OK`, `-ERR` or a SASL `+ `).
+    pub(crate) async fn read_status(&mut self) -> Result<StatusLine, SessionError> {
+        loop {
+            if let Some(len) = find_status_line(&self.rbuf[self.rpos..], MAX_STATUS_LINE)? {
+                let line = StatusLine::parse(&self.rbuf[self.rpos..self.rpos + len])?;
+                self.rpos += len;
+                self.trace.server(&line);
+                return Ok(line);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads a multi-line body, handing un-stuffed LF-ended bytes to `sink`
+    /// chunk by chunk. More than `limit` decoded bytes is an error (the
+    /// connection is then unusable: the body was not read to its end).
+    pub(crate) async fn read_body<E>(
+        &mut self,
+        limit: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), BodyError<E>> {
+        let mut decoder = MultilineDecoder::new();
+        let mut sink_error = None;
+        loop {
+            if self.rpos < self.rbuf.len() {
+                self.scratch.clear();
+                let decoded = decoder.decode(&self.rbuf[self.rpos..], &mut self.scratch);
+                self.rpos += decoded.consumed;
+                if decoder.bytes_out() > limit {
+                    return Err(SessionError::BodyTooLarge { limit }.into());
+                }
+                if sink_error.is_none() && !self.scratch.is_empty() {
+                    if let Err(e) = sink(&self.scratch) {
+                        sink_error = Some(e);
+                    }
+                }
+                if decoded.done {
+                    self.trace.body(decoder.lines(), decoder.bytes_out());
+                    return match sink_error {
+                        Some(e) => Err(BodyError::Sink(e)),
+                        None => Ok(()),
+                    };
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads a whole multi-line body into memory, for listings (UIDL, LIST,
+    /// CAPA) whose size we bound.
+    pub(crate) async fn read_body_to_vec(&mut self, limit: u64) -> Result<Vec<u8>, SessionError> {
+        let mut body = Vec::new();
+        self.read_body(limit, |chunk| {
+            body.extend_from_slice(chunk);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await
+        .map_err(|e| match e {
+            BodyError::Session(e) => e,
+            BodyError::Sink(never) => match never {},
+        })?;
+        Ok(body)
+    }
+
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = with_timeout("shutdown", self.io_timeout, self.stream.shutdown()).await;
+    }
+}
+
+pub(crate) async fn with_timeout<T>(
+    what: &'static str,
+    after: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, SessionError> {
+    tokio::time::timeout(after, fut)
+        .await
+        .map_err(|_| SessionError::Timeout { what, after })
+}

@@ -1,0 +1,293 @@
+//! A POP3 session over tokio: connect, TLS (implicit or STLS), CAPA, login,
+//! commands in lock-step or pipelined.
+
+mod auth;
+mod connection;
+mod error;
+pub mod tls;
+pub mod trace;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+pub use auth::Credentials;
+pub use connection::BodyError;
+pub use error::SessionError;
+pub use tls::TlsInfo;
+pub use trace::{Trace, TraceSink};
+
+use crate::config::TlsMode;
+use crate::pop3::{
+    Capabilities, Command, ListEntry, Stat, Status, StatusLine, UidlEntry, listing::parse_lines,
+};
+use connection::{Connection, Stream, with_timeout};
+
+/// Listings (UIDL, LIST, CAPA) larger than this are hostile: 64 MiB holds
+/// about a million UIDL lines.
+pub const MAX_LISTING: u64 = 64 * 1024 * 1024;
+
+/// How to reach the server.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub fingerprint: Option<[u8; 32]>,
+    /// Bounds TCP connect and the TLS handshake, each.
+    pub connect_timeout: Duration,
+    /// Bounds every read and write.
+    pub io_timeout: Duration,
+    pub trace: Option<TraceSink>,
+}
+
+impl ConnectOptions {
+    pub fn new(host: impl Into<String>, port: u16, tls: TlsMode) -> Self {
+        ConnectOptions {
+            host: host.into(),
+            port,
+            tls,
+            ca_file: None,
+            fingerprint: None,
+            connect_timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(60),
+            trace: None,
+        }
+    }
+}
+
+pub struct Session {
+    conn: Connection,
+    greeting: StatusLine,
+    capabilities: Capabilities,
+    tls_info: Option<TlsInfo>,
+    auth_used: Option<&'static str>,
+}
+
+impl Session {
+    /// Connects, secures the channel as `opts.tls` says, reads the greeting
+    /// and the capabilities. Nothing secret has been sent when this returns.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Session, SessionError> {
+        let trace = Trace::new(opts.trace.clone());
+        let addr = format!("{}:{}", opts.host, opts.port);
+        trace.note(&format!("connecting to {addr} (tls = {:?})", opts.tls));
+        let tcp = with_timeout(
+            "connect",
+            opts.connect_timeout,
+            TcpStream::connect((opts.host.as_str(), opts.port)),
+        )
+        .await?
+        .map_err(|source| SessionError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        let _ = tcp.set_nodelay(true);
+
+        let stream = match opts.tls {
+            TlsMode::Implicit => Stream::Tls(Box::new(handshake(opts, tcp).await?)),
+            TlsMode::Starttls | TlsMode::None => Stream::Plain(tcp),
+        };
+        let mut conn = Connection::new(stream, opts.io_timeout, trace);
+        let greeting = conn.read_status().await?;
+        if greeting.status != Status::Ok {
+            return Err(SessionError::Command {
+                command: "greeting".into(),
+                line: greeting,
+            });
+        }
+        let mut session = Session {
+            conn,
+            greeting,
+            capabilities: Capabilities::default(),
+            tls_info: None,
+            auth_used: None,
+        };
+        session.capabilities = session.capa().await?;
+        if opts.tls == TlsMode::Starttls {
+            session = session.starttls(opts).await?;
+        }
+        session.tls_info = session.conn.tls_connection().map(TlsInfo::from_connection);
+        Ok(session)
+    }
+
+    /// RFC 2595 §4: STLS must be advertised; after the handshake, bytes sent
+    /// before it are discarded and CAPA is asked again.
+    async fn starttls(mut self, opts: &ConnectOptions) -> Result<Session, SessionError> {
+        if !self.capabilities.stls() {
+            return Err(SessionError::StlsNotOffered);
+        }
+        self.conn.queue(&Command::Stls)?;
+        self.conn.flush().await?;
+        let reply = self.conn.read_status().await?;
+        if reply.status != Status::Ok {
+            return Err(SessionError::StlsRefused(reply));
+        }
+        if !self.conn.buffered().is_empty() {
+            // A man in the middle may inject plaintext here (CVE-2011-0411 class).
+            return Err(SessionError::StlsInjection);
+        }
+        let (tcp, trace, io_timeout) = self.conn.into_plain()?;
+        trace.note("TLS handshake");
+        let tls = handshake(opts, tcp).await?;
+        let mut session = Session {
+            conn: Connection::new(Stream::Tls(Box::new(tls)), io_timeout, trace),
+            greeting: self.greeting,
+            capabilities: Capabilities::default(),
+            tls_info: None,
+            auth_used: None,
+        };
+        session.capabilities = session.capa().await?;
+        Ok(session)
+    }
+
+    /// CAPA; a server without it (RFC 1939 only) has no capabilities.
+    async fn capa(&mut self) -> Result<Capabilities, SessionError> {
+        self.conn.queue(&Command::Capa)?;
+        self.conn.flush().await?;
+        let reply = self.conn.read_status().await?;
+        if reply.status != Status::Ok {
+            return Ok(Capabilities::default());
+        }
+        let body = self.conn.read_body_to_vec(MAX_LISTING).await?;
+        Ok(Capabilities::parse(&body))
+    }
+
+    pub fn greeting(&self) -> &StatusLine {
+        &self.greeting
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls_info.as_ref()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.conn.is_tls()
+    }
+
+    /// The mechanism `login` used, e.g. `"USER"`, `"APOP"`, `"SASL PLAIN"`.
+    pub fn auth_used(&self) -> Option<&'static str> {
+        self.auth_used
+    }
+
+    pub fn trace(&self) -> &Trace {
+        &self.conn.trace
+    }
+
+    /// Whether commands may be sent in batches (RFC 2449 PIPELINING).
+    pub fn can_pipeline(&self) -> bool {
+        self.capabilities.pipelining()
+    }
+
+    /// Queues a command without sending it (for pipelining).
+    pub fn queue(&mut self, cmd: &Command<'_>) -> Result<(), SessionError> {
+        self.conn.queue(cmd)
+    }
+
+    /// Sends what was queued.
+    pub async fn flush(&mut self) -> Result<(), SessionError> {
+        self.conn.flush().await
+    }
+
+    /// Reads the next status line, whatever it says.
+    pub async fn read_status(&mut self) -> Result<StatusLine, SessionError> {
+        self.conn.read_status().await
+    }
+
+    /// Reads the next status line and turns `-ERR` into an error.
+    pub async fn expect_ok(&mut self, cmd: &Command<'_>) -> Result<StatusLine, SessionError> {
+        let line = self.conn.read_status().await?;
+        if line.status == Status::Ok {
+            Ok(line)
+        } else {
+            Err(SessionError::Command {
+                command: format!("{cmd:?}"),
+                line,
+            })
+        }
+    }
+
+    /// Reads a multi-line body into `sink`; see [`BodyError`].
+    pub async fn read_body<E>(
+        &mut self,
+        limit: u64,
+        sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), BodyError<E>> {
+        self.conn.read_body(limit, sink).await
+    }
+
+    /// Sends one command and waits for `+OK`.
+    pub async fn command(&mut self, cmd: &Command<'_>) -> Result<StatusLine, SessionError> {
+        self.conn.queue(cmd)?;
+        self.conn.flush().await?;
+        self.expect_ok(cmd).await
+    }
+
+    pub async fn stat(&mut self) -> Result<Stat, SessionError> {
+        let line = self.command(&Command::Stat).await?;
+        Ok(Stat::parse(&line.text)?)
+    }
+
+    /// UIDL and LIST for every message. Pipelined when the server allows.
+    /// `uidl` is `None` when the server does not support UIDL.
+    pub async fn listings(
+        &mut self,
+    ) -> Result<(Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
+        let pipelined = self.can_pipeline();
+        self.conn.queue(&Command::Uidl(None))?;
+        if pipelined {
+            self.conn.queue(&Command::List(None))?;
+        }
+        self.conn.flush().await?;
+        let uidl_reply = self.conn.read_status().await?;
+        let uidl = if uidl_reply.status == Status::Ok {
+            let body = self.conn.read_body_to_vec(MAX_LISTING).await?;
+            Some(parse_lines(&body, UidlEntry::parse)?)
+        } else {
+            None
+        };
+        if !pipelined {
+            self.conn.queue(&Command::List(None))?;
+            self.conn.flush().await?;
+        }
+        self.expect_ok(&Command::List(None)).await?;
+        let body = self.conn.read_body_to_vec(MAX_LISTING).await?;
+        let list = parse_lines(&body, ListEntry::parse)?;
+        Ok((uidl, list))
+    }
+
+    /// Ends the session with QUIT: only now does the server remove messages
+    /// marked with DELE (RFC 1939 §6). Returns QUIT's reply, which may be
+    /// `-ERR` when deletions failed.
+    pub async fn quit(mut self) -> Result<StatusLine, SessionError> {
+        self.conn.queue(&Command::Quit)?;
+        self.conn.flush().await?;
+        let line = self.conn.read_status().await;
+        self.conn.shutdown().await;
+        line
+    }
+}
+
+async fn handshake(
+    opts: &ConnectOptions,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SessionError> {
+    let config = tls::client_config(opts.ca_file.as_deref(), opts.fingerprint)?;
+    let name = rustls::pki_types::ServerName::try_from(opts.host.clone())
+        .map_err(|e| SessionError::TlsConfig(format!("host {:?}: {e}", opts.host)))?;
+    let connector = TlsConnector::from(Arc::clone(&config));
+    with_timeout(
+        "TLS handshake",
+        opts.connect_timeout,
+        connector.connect(name, tcp),
+    )
+    .await?
+    .map_err(|e| tls::handshake_error(&opts.host, e))
+}

@@ -1,0 +1,621 @@
+//! The state: SQLite (WAL, synchronous=FULL) in `state_dir/state.db`.
+//!
+//! It answers "which UIDs have we stored?", keeps the journal that makes a
+//! crash between "message in place" and "UID committed" recoverable, and
+//! records every run. Schema changes are plain SQL files in `migrations/`.
+
+mod location;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+use crate::deliver::{BatchMark, StoredMessage};
+pub use location::{decode_location, encode_location};
+
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/0001_initial.sql"))];
+
+pub type AccountId = i64;
+pub type RunId = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {action}: {source}")]
+    Open {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: schema: {detail}")]
+    Schema { path: PathBuf, detail: String },
+    #[error("state database {path}: locked by another process for too long")]
+    Busy { path: PathBuf },
+    #[error("state database {path}: bad record: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    Pending,
+    Delivered,
+    Marked,
+    Skipped,
+}
+
+impl MessageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Pending => "pending",
+            MessageState::Delivered => "delivered",
+            MessageState::Marked => "marked",
+            MessageState::Skipped => "skipped",
+        }
+    }
+
+    fn parse(s: &str) -> Option<MessageState> {
+        Some(match s {
+            "pending" => MessageState::Pending,
+            "delivered" => MessageState::Delivered,
+            "marked" => MessageState::Marked,
+            "skipped" => MessageState::Skipped,
+            _ => return None,
+        })
+    }
+
+    /// Stored, or recorded as not to be fetched: no download needed.
+    pub fn is_seen(self) -> bool {
+        matches!(self, MessageState::Delivered | MessageState::Marked)
+    }
+}
+
+/// A UID the state knows as currently on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownMessage {
+    pub state: MessageState,
+    pub first_seen: i64,
+    pub deleted_at: Option<i64>,
+}
+
+/// One journaled, uncommitted delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub uid: String,
+    pub target: String,
+    pub stored: StoredMessage,
+}
+
+/// What an interrupted run left in the journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Journal {
+    pub mark: Option<(String, BatchMark)>,
+    pub intents: Vec<Intent>,
+}
+
+impl Journal {
+    pub fn is_empty(&self) -> bool {
+        self.mark.is_none() && self.intents.is_empty()
+    }
+}
+
+/// Counters and outcome of one run, for the `run` table.
+#[derive(Debug, Clone, Default)]
+pub struct RunRecord {
+    pub outcome: String,
+    pub on_server: Option<u64>,
+    pub new_messages: u64,
+    pub new_bytes: u64,
+    pub deleted: u64,
+    pub skipped: u64,
+    pub error: Option<String>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0600 in a 0700 directory) and migrates.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir).map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                action: "create directory",
+                source,
+            })?;
+        }
+        create_private_file(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            action: "create",
+            source,
+        })?;
+        let sql = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(sql)?;
+        // A corrupt file fails here with "file is not a database".
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut conn)
+            .map_err(|e| StoreError::Schema {
+                path: path.to_path_buf(),
+                detail: match e {
+                    rusqlite_migration::Error::MigrationDefinition(
+                        rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
+                    ) => "written by a newer popsync (schema version is ahead of this program); upgrade popsync".into(),
+                    other => other.to_string(),
+                },
+            })?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// `state_dir/state.db`.
+    pub fn open_in(state_dir: &Path) -> Result<Store, StoreError> {
+        Store::open(&state_dir.join("state.db"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        if let rusqlite::Error::SqliteFailure(e, _) = &source {
+            if e.code == rusqlite::ErrorCode::DatabaseBusy
+                || e.code == rusqlite::ErrorCode::DatabaseLocked
+            {
+                return StoreError::Busy {
+                    path: self.path.clone(),
+                };
+            }
+        }
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The account's id, created on first use.
+    pub fn account(&mut self, name: &str, now: i64) -> Result<AccountId, StoreError> {
+        let found: Option<i64> = self
+            .conn
+            .query_row("SELECT id FROM account WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(id) = found {
+            return Ok(id);
+        }
+        self.conn
+            .execute(
+                "INSERT INTO account (name, created_at) VALUES (?1, ?2)",
+                params![name, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn find_account(&self, name: &str) -> Result<Option<AccountId>, StoreError> {
+        self.conn
+            .query_row("SELECT id FROM account WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every live UID (on the server at the last complete listing).
+    pub fn live_messages(
+        &self,
+        account: AccountId,
+    ) -> Result<HashMap<String, KnownMessage>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT uid, state, first_seen, deleted_at FROM message
+                 WHERE account_id = ?1 AND gone_at IS NULL",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([account], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (uid, state, first_seen, deleted_at) = row.map_err(|e| self.err(e))?;
+            let state = MessageState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("unknown message state {state:?}"),
+            })?;
+            out.insert(
+                uid,
+                KnownMessage {
+                    state,
+                    first_seen,
+                    deleted_at,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records UIDs seen on the server for the first time, as pending.
+    pub fn add_pending(
+        &mut self,
+        account: AccountId,
+        new: &[(&str, u64)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO message (account_id, uid, first_seen, list_size, state)
+                     VALUES (?1, ?2, ?3, ?4, 'pending')",
+                )
+                .map_err(|e| err_at(&self.path, e))?;
+            for (uid, size) in new {
+                stmt.execute(params![account, uid, now, *size as i64])
+                    .map_err(|e| err_at(&self.path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| err_at(&self.path, e))
+    }
+
+    /// After a complete, successful UIDL: UIDs no longer listed leave the
+    /// seen set (their rows stay as history). Returns how many.
+    pub fn retire_missing(
+        &mut self,
+        account: AccountId,
+        present: &std::collections::HashSet<&str>,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let live = self.live_messages(account)?;
+        let gone: Vec<&String> = live
+            .keys()
+            .filter(|u| !present.contains(u.as_str()))
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE message SET gone_at = ?3
+                     WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
+                )
+                .map_err(|e| err_at(&self.path, e))?;
+            for uid in &gone {
+                stmt.execute(params![account, uid, now])
+                    .map_err(|e| err_at(&self.path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| err_at(&self.path, e))?;
+        Ok(gone.len())
+    }
+
+    /// Journals a batch's start before the target writes anything.
+    pub fn set_batch_mark(
+        &mut self,
+        account: AccountId,
+        target: &str,
+        mark: BatchMark,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO batch_mark (account_id, target, mbox_length, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![account, target, mark.mbox_length.map(|l| l as i64), now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Journals durable, not yet published messages (one transaction).
+    pub fn journal(
+        &mut self,
+        account: AccountId,
+        target: &str,
+        items: &[(&str, &StoredMessage)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
+        {
+            let next: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM intent WHERE account_id = ?1",
+                    [account],
+                    |r| r.get(0),
+                )
+                .map_err(|e| err_at(&self.path, e))?;
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO intent (account_id, seq, uid, target, location, stored_size, sha256, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(|e| err_at(&self.path, e))?;
+            for (i, (uid, stored)) in items.iter().enumerate() {
+                stmt.execute(params![
+                    account,
+                    next + i as i64,
+                    uid,
+                    target,
+                    encode_location(&stored.location),
+                    stored.size as i64,
+                    &stored.sha256[..],
+                    now
+                ])
+                .map_err(|e| err_at(&self.path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| err_at(&self.path, e))
+    }
+
+    /// Commits delivered messages and clears the journal, in one transaction.
+    pub fn commit_delivered(
+        &mut self,
+        account: AccountId,
+        target: &str,
+        items: &[(&str, &StoredMessage)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE message SET state = 'delivered', skip_reason = NULL, delivered_at = ?3,
+                         target = ?4, location = ?5, stored_size = ?6, sha256 = ?7
+                     WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
+                )
+                .map_err(|e| err_at(&self.path, e))?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO message (account_id, uid, first_seen, state, delivered_at,
+                         target, location, stored_size, sha256)
+                     VALUES (?1, ?2, ?3, 'delivered', ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(|e| err_at(&self.path, e))?;
+            for (uid, stored) in items {
+                let location = encode_location(&stored.location);
+                let args = params![
+                    account,
+                    uid,
+                    now,
+                    target,
+                    location,
+                    stored.size as i64,
+                    &stored.sha256[..]
+                ];
+                let changed = update.execute(args).map_err(|e| err_at(&self.path, e))?;
+                if changed == 0 {
+                    insert.execute(args).map_err(|e| err_at(&self.path, e))?;
+                }
+            }
+            tx.execute("DELETE FROM intent WHERE account_id = ?1", [account])
+                .map_err(|e| err_at(&self.path, e))?;
+            tx.execute("DELETE FROM batch_mark WHERE account_id = ?1", [account])
+                .map_err(|e| err_at(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| err_at(&self.path, e))
+    }
+
+    /// What an interrupted run left behind.
+    pub fn pending_journal(&self, account: AccountId) -> Result<Journal, StoreError> {
+        let mark = self
+            .conn
+            .query_row(
+                "SELECT target, mbox_length FROM batch_mark WHERE account_id = ?1",
+                [account],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .map(|(target, len)| {
+                (
+                    target,
+                    BatchMark {
+                        mbox_length: len.map(|l| l as u64),
+                    },
+                )
+            });
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT uid, target, location, stored_size, sha256 FROM intent
+                 WHERE account_id = ?1 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([account], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut intents = Vec::new();
+        for row in rows {
+            let (uid, target, location, size, sha) = row.map_err(|e| self.err(e))?;
+            let corrupt = |detail: String| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail,
+            };
+            let location = decode_location(&location)
+                .ok_or_else(|| corrupt(format!("bad location {location:?}")))?;
+            let sha256: [u8; 32] = sha
+                .try_into()
+                .map_err(|_| corrupt("bad sha256 length".into()))?;
+            intents.push(Intent {
+                uid,
+                target,
+                stored: StoredMessage {
+                    location,
+                    size: size as u64,
+                    sha256,
+                },
+            });
+        }
+        Ok(Journal { mark, intents })
+    }
+
+    pub fn clear_journal(&mut self, account: AccountId) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
+        tx.execute("DELETE FROM intent WHERE account_id = ?1", [account])
+            .map_err(|e| err_at(&self.path, e))?;
+        tx.execute("DELETE FROM batch_mark WHERE account_id = ?1", [account])
+            .map_err(|e| err_at(&self.path, e))?;
+        tx.commit().map_err(|e| err_at(&self.path, e))
+    }
+
+    /// Leaves a message on the server on purpose, with the reason for `status`.
+    pub fn mark_skipped(
+        &mut self,
+        account: AccountId,
+        uid: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE message SET state = 'skipped', skip_reason = ?3
+                 WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL AND state IN ('pending', 'skipped')",
+                params![account, uid, reason],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// QUIT confirmed these deletions.
+    pub fn mark_deleted(
+        &mut self,
+        account: AccountId,
+        uids: &[&str],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE message SET deleted_at = ?3
+                     WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
+                )
+                .map_err(|e| err_at(&self.path, e))?;
+            for uid in uids {
+                stmt.execute(params![account, uid, now])
+                    .map_err(|e| err_at(&self.path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| err_at(&self.path, e))
+    }
+
+    pub fn start_run(&mut self, account: AccountId, now: i64) -> Result<RunId, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO run (account_id, started_at) VALUES (?1, ?2)",
+                params![account, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_run(
+        &mut self,
+        run: RunId,
+        record: &RunRecord,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE run SET finished_at = ?2, outcome = ?3, on_server = ?4, new_messages = ?5,
+                     new_bytes = ?6, deleted = ?7, skipped = ?8, error = ?9
+                 WHERE id = ?1",
+                params![
+                    run,
+                    now,
+                    record.outcome,
+                    record.on_server.map(|n| n as i64),
+                    record.new_messages as i64,
+                    record.new_bytes as i64,
+                    record.deleted as i64,
+                    record.skipped as i64,
+                    record.error
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Raw access for commands that report (status, verify) and for tests.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn err_at(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates the file 0600 if missing, so SQLite never creates it with the umask.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests;
