@@ -207,10 +207,11 @@ impl Connection {
                 if decoder.bytes_out() > limit {
                     return Err(SessionError::BodyTooLarge { limit }.into());
                 }
-                if sink_error.is_none() && !self.scratch.is_empty() {
-                    if let Err(e) = sink(&self.scratch) {
-                        sink_error = Some(e);
-                    }
+                if sink_error.is_none()
+                    && !self.scratch.is_empty()
+                    && let Err(e) = sink(&self.scratch)
+                {
+                    sink_error = Some(e);
                 }
                 if decoded.done {
                     self.trace.body(decoder.lines(), decoder.bytes_out());

@@ -179,14 +179,15 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        if let rusqlite::Error::SqliteFailure(e, _) = &source {
-            if e.code == rusqlite::ErrorCode::DatabaseBusy
-                || e.code == rusqlite::ErrorCode::DatabaseLocked
-            {
-                return StoreError::Busy {
-                    path: self.path.clone(),
-                };
-            }
+        if let rusqlite::Error::SqliteFailure(e, _) = &source
+            && matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+        {
+            return StoreError::Busy {
+                path: self.path.clone(),
+            };
         }
         StoreError::Sqlite {
             path: self.path.clone(),
