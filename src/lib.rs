@@ -7,7 +7,9 @@
 //! - [`deliver`]: local delivery targets (maildir, mbox, MDA).
 pub mod cli;
 pub mod config;
+pub mod datetime;
 pub mod deliver;
 pub mod pop3;
 pub mod session;
 pub mod store;
+pub mod sync;

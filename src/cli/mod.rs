@@ -2,6 +2,7 @@
 
 pub mod exit;
 mod probe;
+mod sync;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,8 +10,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Account, Config, TlsMode};
-use crate::session::{ConnectOptions, Credentials, TraceSink};
+use crate::config::{Config, TlsMode};
+use crate::session::TraceSink;
 pub use exit::{Exit, Failure};
 
 #[derive(Debug, Parser)]
@@ -42,6 +43,17 @@ pub enum Commands {
     Probe {
         /// Account name (the NAME of [account.NAME])
         account: String,
+    },
+    /// Fetch new mail of the named accounts (all if none) into their targets
+    Sync {
+        /// Account names; all accounts when none are given
+        accounts: Vec<String>,
+        /// Accounts synced at the same time
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        jobs: usize,
+        /// Download even if the server seems to have replaced all its UIDs
+        #[arg(long)]
+        accept_uid_change: bool,
     },
 }
 
@@ -94,6 +106,20 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             print!("{report}");
             Ok(Exit::Ok)
         }
+        Commands::Sync {
+            accounts,
+            jobs,
+            accept_uid_change,
+        } => {
+            let selected = config.select(accounts)?;
+            let args = sync::Args {
+                jobs: (*jobs).max(1),
+                accept_uid_change: *accept_uid_change,
+                quiet: cli.quiet,
+                trace,
+            };
+            sync::run(&config, selected, args).await
+        }
     }
 }
 
@@ -126,26 +152,4 @@ pub(crate) fn tls_name(mode: TlsMode) -> &'static str {
         TlsMode::Starttls => "starttls",
         TlsMode::None => "none",
     }
-}
-
-pub(crate) fn connect_options(account: &Account, trace: Option<TraceSink>) -> ConnectOptions {
-    ConnectOptions {
-        host: account.host.clone(),
-        port: account.port,
-        tls: account.tls,
-        ca_file: account.ca_file.clone(),
-        fingerprint: account.fingerprint,
-        connect_timeout: account.connect_timeout,
-        io_timeout: account.timeout,
-        trace,
-    }
-}
-
-pub(crate) fn credentials(account: &Account) -> Result<Credentials, Failure> {
-    Ok(Credentials {
-        username: account.username.clone(),
-        secret: account.secret()?,
-        method: account.auth,
-        allow_insecure_auth: account.allow_insecure_auth,
-    })
 }

@@ -14,8 +14,8 @@ pub async fn run(account: &Account, trace: Option<TraceSink>) -> Result<String, 
             format!("account `{}`: {e}", account.name),
         )
     };
-    let opts = super::connect_options(account, trace);
-    let creds = super::credentials(account)?;
+    let opts = crate::sync::connect_options(account, trace);
+    let creds = crate::sync::credentials(account)?;
     let mut session = Session::connect(&opts).await.map_err(session_err)?;
 
     let mut out = String::new();

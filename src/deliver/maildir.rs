@@ -167,19 +167,18 @@ impl Maildir {
         if unsynced.is_empty() {
             return Ok(());
         }
-        if unsynced.len() > SYNCFS_MIN_FILES {
-            if let Some(dir) = &self.batch_dir {
-                if syncfs_is_reliable(dir) {
-                    // One flush of the filesystem instead of one journal commit
-                    // per file; errors since `begin_batch` are reported here.
-                    cvt_retry(|| unsafe { libc::syncfs(dir.as_raw_fd()) })
-                        .map_err(|e| io_err(&target, "syncfs", &self.tmp, e))?;
-                    for &i in &unsynced {
-                        self.batch[i].file = None;
-                    }
-                    return Ok(());
-                }
+        if unsynced.len() > SYNCFS_MIN_FILES
+            && let Some(dir) = &self.batch_dir
+            && syncfs_is_reliable(dir)
+        {
+            // One flush of the filesystem instead of one journal commit
+            // per file; errors since `begin_batch` are reported here.
+            cvt_retry(|| unsafe { libc::syncfs(dir.as_raw_fd()) })
+                .map_err(|e| io_err(&target, "syncfs", &self.tmp, e))?;
+            for &i in &unsynced {
+                self.batch[i].file = None;
             }
+            return Ok(());
         }
         // Start writeback of all files first so the fsyncs below overlap.
         #[cfg(target_os = "linux")]
@@ -327,10 +326,11 @@ impl Target for Maildir {
             if let Some(found) = intact {
                 // A tmp link left by an interrupted publish: drop it only if
                 // it is the very same inode.
-                if let (Some(tm), Ok(fm)) = (&tmp_meta, fs::metadata(&found)) {
-                    if tm.dev() == fm.dev() && tm.ino() == fm.ino() {
-                        self.remove_tmp(name)?;
-                    }
+                if let (Some(tm), Ok(fm)) = (&tmp_meta, fs::metadata(&found))
+                    && tm.dev() == fm.dev()
+                    && tm.ino() == fm.ino()
+                {
+                    self.remove_tmp(name)?;
                 }
                 out.push(true);
                 continue;
@@ -447,13 +447,12 @@ impl Target for Maildir {
             file: Some(file),
             published: false,
         };
-        if self.batch.iter().filter(|e| e.file.is_some()).count() >= MAX_OPEN_FILES {
-            if let Some(f) = entry.file.take() {
-                if let Err(e) = f.sync_all() {
-                    let _ = fs::remove_file(&path);
-                    return Err(io_err(&target, "fsync", &path, e));
-                }
-            }
+        if self.batch.iter().filter(|e| e.file.is_some()).count() >= MAX_OPEN_FILES
+            && let Some(f) = entry.file.take()
+            && let Err(e) = f.sync_all()
+        {
+            let _ = fs::remove_file(&path);
+            return Err(io_err(&target, "fsync", &path, e));
         }
         self.batch.push(entry);
         Ok(StoredMessage {
@@ -466,10 +465,10 @@ impl Target for Maildir {
     fn abort_message(&mut self) {
         if let Some(cur) = self.current.take() {
             drop(cur.writer);
-            if let Err(e) = fs::remove_file(&cur.path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!("{}: remove {}: {e}", self.target(), cur.path.display());
-                }
+            if let Err(e) = fs::remove_file(&cur.path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!("{}: remove {}: {e}", self.target(), cur.path.display());
             }
         }
     }

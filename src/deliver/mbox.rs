@@ -332,11 +332,11 @@ impl Mbox {
         } else {
             cur.quoter.feed(data, &mut em);
         }
-        if self.out.len() >= BUF_SIZE {
-            if let Err(e) = self.flush_out() {
-                let err = io_err(&self.target(), "write", &self.path, e);
-                return Err(self.fail(err));
-            }
+        if self.out.len() >= BUF_SIZE
+            && let Err(e) = self.flush_out()
+        {
+            let err = io_err(&self.target(), "write", &self.path, e);
+            return Err(self.fail(err));
         }
         Ok(())
     }
@@ -549,14 +549,14 @@ impl Mbox {
             .metadata()
             .map_err(|e| io_err(&target, "stat", &self.path, e))?
             .len();
-        if let Some(m) = mark {
-            if len < m {
-                tracing::warn!(
-                    "{target}: file is shorter ({len}) than before the interrupted batch ({m}); \
+        if let Some(m) = mark
+            && len < m
+        {
+            tracing::warn!(
+                "{target}: file is shorter ({len}) than before the interrupted batch ({m}); \
                      it was rewritten by another program, nothing to recover"
-                );
-                return Ok(vec![false; pending.len()]);
-            }
+            );
+            return Ok(vec![false; pending.len()]);
         }
         let mut good = Vec::with_capacity(pending.len());
         for msg in pending {
@@ -863,36 +863,11 @@ fn from_line(sender: &[u8], when: SystemTime) -> Vec<u8> {
 }
 
 fn asctime_utc(when: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
     let secs = when
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs() as i64;
-    let days = secs.div_euclid(86400);
-    let sod = secs.rem_euclid(86400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{} {} {:>2} {:02}:{:02}:{:02} {}",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(month - 1) as usize],
-        day,
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60,
-        year
-    )
+    crate::datetime::Civil::from_unix(secs).asctime()
 }
 
 /// Whole-file write lock or unlock. Open-file-description locks on Linux:

@@ -61,6 +61,21 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// What a multi-line body held, after un-stuffing (LF line ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BodyStats {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+impl BodyStats {
+    /// Octets the body had on the wire with CRLF line ends and no stuffing:
+    /// what RFC 1939 says LIST reports.
+    pub fn crlf_size(&self) -> u64 {
+        self.bytes + self.lines
+    }
+}
+
 /// Why reading a multi-line body stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError<E> {
@@ -196,7 +211,7 @@ impl Connection {
         &mut self,
         limit: u64,
         mut sink: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), BodyError<E>> {
+    ) -> Result<BodyStats, BodyError<E>> {
         let mut decoder = MultilineDecoder::new();
         let mut sink_error = None;
         loop {
@@ -217,7 +232,10 @@ impl Connection {
                     self.trace.body(decoder.lines(), decoder.bytes_out());
                     return match sink_error {
                         Some(e) => Err(BodyError::Sink(e)),
-                        None => Ok(()),
+                        None => Ok(BodyStats {
+                            lines: decoder.lines(),
+                            bytes: decoder.bytes_out(),
+                        }),
                     };
                 }
             }

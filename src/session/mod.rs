@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 pub use auth::Credentials;
-pub use connection::BodyError;
+pub use connection::{BodyError, BodyStats};
 pub use error::SessionError;
 pub use tls::TlsInfo;
 pub use trace::{Trace, TraceSink};
@@ -219,7 +219,7 @@ impl Session {
         &mut self,
         limit: u64,
         sink: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), BodyError<E>> {
+    ) -> Result<BodyStats, BodyError<E>> {
         self.conn.read_body(limit, sink).await
     }
 

@@ -301,12 +301,24 @@ impl Store {
         now: i64,
     ) -> Result<usize, StoreError> {
         let live = self.live_messages(account)?;
-        let gone: Vec<&String> = live
+        let gone: Vec<&str> = live
             .keys()
-            .filter(|u| !present.contains(u.as_str()))
+            .map(String::as_str)
+            .filter(|u| !present.contains(u))
             .collect();
+        self.retire(account, &gone, now)?;
+        Ok(gone.len())
+    }
+
+    /// Takes these UIDs out of the seen set (their rows stay as history).
+    pub fn retire(
+        &mut self,
+        account: AccountId,
+        gone: &[&str],
+        now: i64,
+    ) -> Result<(), StoreError> {
         if gone.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
         {
@@ -316,13 +328,12 @@ impl Store {
                      WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
                 )
                 .map_err(|e| err_at(&self.path, e))?;
-            for uid in &gone {
+            for uid in gone {
                 stmt.execute(params![account, uid, now])
                     .map_err(|e| err_at(&self.path, e))?;
             }
         }
-        tx.commit().map_err(|e| err_at(&self.path, e))?;
-        Ok(gone.len())
+        tx.commit().map_err(|e| err_at(&self.path, e))
     }
 
     /// Journals a batch's start before the target writes anything.

@@ -1,0 +1,289 @@
+//! The pipelined fetch loop: RETR into the target, batch by batch, each
+//! batch made durable, journaled, published and committed before any of its
+//! messages may be deleted.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::config::Account;
+use crate::deliver::{MessageMeta, StoredMessage, Target};
+use crate::pop3::{Command, sanitize};
+use crate::session::{BodyError, Session};
+use crate::store::AccountId;
+
+use super::plan::{Plan, Wanted};
+use super::{AccountReport, SharedStore, SyncError, SyncOptions, blocking, received, with_store};
+
+/// A message larger than this is hostile, whatever LIST said.
+const MAX_MESSAGE: u64 = 4 * 1024 * 1024 * 1024;
+
+enum InFlight {
+    Retr(usize),
+    Dele(u32, String),
+}
+
+/// Messages of the batch in progress.
+#[derive(Default)]
+struct Batch {
+    started: Option<Instant>,
+    items: Vec<(String, StoredMessage, u32)>,
+    bytes: u64,
+}
+
+pub(super) struct Fetcher<'a> {
+    pub session: &'a mut Session,
+    pub target: &'a mut dyn Target,
+    pub store: &'a SharedStore,
+    pub account: &'a Account,
+    pub acct: AccountId,
+    pub opts: &'a SyncOptions,
+    pub report: &'a mut AccountReport,
+    pub run_id: i64,
+    pub delete_after_commit: bool,
+}
+
+impl Fetcher<'_> {
+    /// Fetches `plan.fetch`, deletes `plan.delete` and (by policy) what it
+    /// fetched. Returns the UIDs whose DELE the server accepted; they are
+    /// gone only once QUIT succeeds.
+    pub async fn run(&mut self, plan: &Plan) -> Result<Vec<String>, SyncError> {
+        let depth = if self.session.can_pipeline() {
+            self.opts.pipeline_depth.max(1)
+        } else {
+            1
+        };
+        let wanted = &plan.fetch;
+        let progress = self.progress_bar(wanted);
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut deletes: VecDeque<(u32, String)> = plan.delete.iter().cloned().collect();
+        let mut deleted = Vec::new();
+        let mut batch = Batch::default();
+        let mut next = 0;
+        let target_desc = self.target.describe();
+
+        loop {
+            while in_flight.len() < depth {
+                if let Some((msg, uid)) = deletes.pop_front() {
+                    self.session.queue(&Command::Dele(msg))?;
+                    in_flight.push_back(InFlight::Dele(msg, uid));
+                } else if next < wanted.len() {
+                    self.session.queue(&Command::Retr(wanted[next].msg))?;
+                    in_flight.push_back(InFlight::Retr(next));
+                    next += 1;
+                } else {
+                    break;
+                }
+            }
+            self.session.flush().await?;
+            let Some(item) = in_flight.pop_front() else {
+                break;
+            };
+            match item {
+                InFlight::Dele(msg, uid) => {
+                    let line = self.session.read_status().await?;
+                    if line.is_ok() {
+                        deleted.push(uid);
+                    } else {
+                        self.report.warn(format!(
+                            "DELE {msg} (UID {uid}) refused: {}; will retry on a later run",
+                            line.describe()
+                        ));
+                    }
+                }
+                InFlight::Retr(index) => {
+                    let want = &wanted[index];
+                    let result = self.retrieve(want, &mut batch).await;
+                    if let Err(e) = result {
+                        self.abort_batch(&mut batch);
+                        return Err(e);
+                    }
+                    if let Some(bar) = &progress {
+                        bar.inc(want.size.max(1));
+                    }
+                    let more = next < wanted.len()
+                        || in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
+                    if !batch.items.is_empty() && (!more || self.batch_full(&batch)) {
+                        let committed = self.close_batch(&mut batch, &target_desc).await?;
+                        if self.delete_after_commit {
+                            deletes.extend(committed);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+        Ok(deleted)
+    }
+
+    /// RETR one message into the target; a server-side refusal or a
+    /// truncated message is skipped with a warning, not fatal.
+    async fn retrieve(&mut self, want: &Wanted, batch: &mut Batch) -> Result<(), SyncError> {
+        let line = self.session.read_status().await?;
+        let uid_shown = want.uid.as_deref().unwrap_or("-");
+        if !line.is_ok() {
+            self.report.skipped += 1;
+            self.report.warn(format!(
+                "RETR {} (UID {uid_shown}) refused: {}; left on the server",
+                want.msg,
+                line.describe()
+            ));
+            return Ok(());
+        }
+        if batch.started.is_none() {
+            let target = &mut *self.target;
+            let mark = blocking(|| target.begin_batch())?;
+            if mark.mbox_length.is_some() {
+                let desc = self.target.describe();
+                let (store, acct, now) = (self.store, self.acct, self.opts.now);
+                if let Err(e) = with_store(store, |s| s.set_batch_mark(acct, &desc, mark, now)) {
+                    let _ = self.target.abort_batch();
+                    return Err(e.into());
+                }
+            }
+            batch.started = Some(Instant::now());
+        }
+        let meta = MessageMeta {
+            received_header: self.account.received_header.then(|| {
+                received::header(
+                    &self.account.host,
+                    &self.account.username,
+                    uid_shown,
+                    self.opts.now,
+                )
+            }),
+        };
+        self.target.begin_message(&meta)?;
+        let target = &mut *self.target;
+        let body = self
+            .session
+            .read_body(MAX_MESSAGE, |chunk| target.write(chunk))
+            .await;
+        let stats = match body {
+            Ok(stats) => stats,
+            Err(BodyError::Sink(e)) => {
+                self.target.abort_message();
+                return Err(e.into());
+            }
+            Err(BodyError::Session(e)) => {
+                self.target.abort_message();
+                return Err(e.into());
+            }
+        };
+        // RFC 1939: LIST gives the exact size. Less on the wire than promised
+        // means the server ended the message early (an unstuffed lone dot):
+        // keep it on the server rather than store a torn copy.
+        if stats.crlf_size() < want.size {
+            self.target.abort_message();
+            self.report.skipped += 1;
+            let reason = format!(
+                "received {} of the {} bytes LIST announced (truncated by the server?)",
+                stats.crlf_size(),
+                want.size
+            );
+            self.report.warn(format!(
+                "message {} (UID {uid_shown}) left on the server: {reason}",
+                want.msg
+            ));
+            if let Some(uid) = &want.uid {
+                let (store, acct) = (self.store, self.acct);
+                with_store(store, |s| {
+                    s.mark_skipped(acct, uid, &sanitize(reason.as_bytes(), 200))
+                })?;
+            }
+            return Ok(());
+        }
+        let stored = self.target.end_message()?;
+        batch.bytes += stored.size;
+        let uid = match &want.uid {
+            Some(uid) => uid.clone(),
+            None => format!("no-uidl:{}:{}", self.run_id, want.msg),
+        };
+        batch.items.push((uid, stored, want.msg));
+        Ok(())
+    }
+
+    fn batch_full(&self, batch: &Batch) -> bool {
+        let limits = self.opts.limits;
+        batch.items.len() >= limits.messages
+            || batch.bytes >= limits.bytes
+            || batch.started.is_some_and(|t| t.elapsed() >= limits.time)
+    }
+
+    /// Durable -> journaled -> published -> committed. Returns the committed
+    /// messages as (msg, uid) for deletion.
+    async fn close_batch(
+        &mut self,
+        batch: &mut Batch,
+        target_desc: &str,
+    ) -> Result<Vec<(u32, String)>, SyncError> {
+        let (store, acct, now) = (self.store, self.acct, self.opts.now);
+        let target = &mut *self.target;
+        if let Err(e) = blocking(|| target.sync_batch()) {
+            self.abort_batch(batch);
+            return Err(e.into());
+        }
+        let items: Vec<(&str, &StoredMessage)> = batch
+            .items
+            .iter()
+            .map(|(u, s, _)| (u.as_str(), s))
+            .collect();
+        if let Err(e) = with_store(store, |s| s.journal(acct, target_desc, &items, now)) {
+            self.abort_batch(batch);
+            return Err(e.into());
+        }
+        // From here on the journal knows the batch: on failure the next run's
+        // recovery commits what reached its place; nothing is undone here.
+        let target = &mut *self.target;
+        blocking(|| target.publish_batch())?;
+        with_store(store, |s| {
+            s.commit_delivered(acct, target_desc, &items, now)
+        })?;
+
+        let committed: Vec<(u32, String)> = batch
+            .items
+            .iter()
+            .map(|(u, _, m)| (*m, u.clone()))
+            .collect();
+        self.report.new_messages += batch.items.len() as u64;
+        self.report.new_bytes += batch.items.iter().map(|(_, s, _)| s.size).sum::<u64>();
+        self.report
+            .delivered
+            .extend(batch.items.drain(..).map(|(_, s, _)| s));
+        *batch = Batch::default();
+        Ok(committed)
+    }
+
+    fn abort_batch(&mut self, batch: &mut Batch) {
+        if batch.started.is_some() {
+            if let Err(e) = self.target.abort_batch() {
+                self.report
+                    .warn(format!("could not undo the unfinished batch: {e}"));
+            }
+            let (store, acct) = (self.store, self.acct);
+            if let Err(e) = with_store(store, |s| s.clear_journal(acct)) {
+                self.report
+                    .warn(format!("could not clear the journal: {e}"));
+            }
+        }
+        *batch = Batch::default();
+    }
+
+    fn progress_bar(&self, wanted: &[Wanted]) -> Option<indicatif::ProgressBar> {
+        let multi = self.opts.progress.as_ref()?;
+        if wanted.len() < 20 {
+            return None;
+        }
+        let total: u64 = wanted.iter().map(|w| w.size.max(1)).sum();
+        let bar = multi.add(indicatif::ProgressBar::new(total));
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(self.account.name.clone());
+        Some(bar)
+    }
+}

@@ -1,0 +1,415 @@
+//! The sync engine: one account, one run.
+//!
+//! Order is law: RETR -> local write made durable -> UID committed in SQLite
+//! -> DELE -> QUIT. A crash at any instant costs at worst a re-download.
+
+mod fetch;
+pub mod lock;
+pub mod plan;
+mod received;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Account, ConfigError, TargetConfig};
+use crate::deliver::{DeliverError, Target, maildir::Maildir, mbox::Mbox, mda::Mda};
+use crate::session::{ConnectOptions, Credentials, Session, SessionError, TraceSink};
+use crate::store::{AccountId, RunRecord, Store, StoreError};
+pub use lock::{AccountLock, LockError};
+pub use plan::{Plan, PlanError, Policy};
+
+/// The state, shared by the accounts of one process.
+pub type SharedStore = Arc<Mutex<Store>>;
+
+/// When a batch is made durable and committed: whichever bound comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub messages: usize,
+    pub bytes: u64,
+    pub time: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            messages: 512,
+            bytes: 64 * 1024 * 1024,
+            time: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Run-wide settings (not per account).
+#[derive(Clone)]
+pub struct SyncOptions {
+    pub state_dir: PathBuf,
+    /// "Now" in Unix seconds: the state's clock (overridable for tests).
+    pub now: i64,
+    pub limits: BatchLimits,
+    /// Commands in flight when the server pipelines.
+    pub pipeline_depth: usize,
+    pub accept_uid_change: bool,
+    pub trace: Option<TraceSink>,
+    pub progress: Option<indicatif::MultiProgress>,
+}
+
+impl SyncOptions {
+    pub fn new(state_dir: PathBuf, now: i64) -> Self {
+        SyncOptions {
+            state_dir,
+            now,
+            limits: BatchLimits::default(),
+            pipeline_depth: 64,
+            accept_uid_change: false,
+            trace: None,
+            progress: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("local delivery failed: {0}")]
+    Deliver(#[from] DeliverError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+}
+
+impl SyncError {
+    /// Worth retrying later with nothing changed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::Session(e) => e.is_transient(),
+            SyncError::Deliver(e) => e.is_transient(),
+            SyncError::Store(StoreError::Busy { .. }) => true,
+            SyncError::Lock(LockError::Held { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// The short outcome word stored in the `run` table.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            SyncError::Config(_) => "config",
+            SyncError::Session(e) if e.is_tls() => "tls",
+            SyncError::Session(e) if e.is_auth() => "auth",
+            SyncError::Session(e) if e.is_transient() => "temporary",
+            SyncError::Session(_) | SyncError::Plan(_) => "protocol",
+            SyncError::Deliver(_) | SyncError::Store(_) => "delivery",
+            SyncError::Lock(LockError::Held { .. }) => "locked",
+            SyncError::Lock(_) => "delivery",
+        }
+    }
+}
+
+/// What one account's run did.
+#[derive(Debug)]
+pub struct AccountReport {
+    pub account: String,
+    pub on_server: u64,
+    pub new_messages: u64,
+    pub new_bytes: u64,
+    pub deleted: u64,
+    pub skipped: u64,
+    /// Deliveries of an interrupted run found intact and committed.
+    pub recovered: u64,
+    pub warnings: Vec<String>,
+    pub elapsed: Duration,
+    pub error: Option<SyncError>,
+    /// New messages' locations, newest last (for notifications).
+    pub delivered: Vec<crate::deliver::StoredMessage>,
+}
+
+impl AccountReport {
+    fn new(account: &str) -> Self {
+        AccountReport {
+            account: account.to_string(),
+            on_server: 0,
+            new_messages: 0,
+            new_bytes: 0,
+            deleted: 0,
+            skipped: 0,
+            recovered: 0,
+            warnings: Vec::new(),
+            elapsed: Duration::ZERO,
+            error: None,
+            delivered: Vec::new(),
+        }
+    }
+
+    fn warn(&mut self, text: String) {
+        tracing::warn!(account = %self.account, "{text}");
+        self.warnings.push(text);
+    }
+
+    /// One line for the user: what happened, in numbers.
+    pub fn summary(&self) -> String {
+        let status = match &self.error {
+            None => "ok".to_string(),
+            Some(e) => format!("FAILED: {e}"),
+        };
+        format!(
+            "{}: {} new ({}), {} deleted, {} skipped, {:.1}s: {status}",
+            self.account,
+            self.new_messages,
+            human_bytes(self.new_bytes),
+            self.deleted,
+            self.skipped,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Runs blocking work (fsync, SQLite) without stalling other accounts'
+/// tasks when the runtime has worker threads to spare.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+pub(crate) fn with_store<T>(
+    store: &SharedStore,
+    f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    blocking(|| {
+        let mut guard = store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    })
+}
+
+pub fn open_target(account: &Account) -> Result<Box<dyn Target>, SyncError> {
+    Ok(match account.target()? {
+        TargetConfig::Maildir(path) => Box::new(Maildir::open(path)?),
+        TargetConfig::Mbox(path) => Box::new(Mbox::open(path)?),
+        TargetConfig::Mda(command) => Box::new(Mda::new(command, account.mda_timeout)),
+    })
+}
+
+pub fn connect_options(account: &Account, trace: Option<TraceSink>) -> ConnectOptions {
+    ConnectOptions {
+        host: account.host.clone(),
+        port: account.port,
+        tls: account.tls,
+        ca_file: account.ca_file.clone(),
+        fingerprint: account.fingerprint,
+        connect_timeout: account.connect_timeout,
+        io_timeout: account.timeout,
+        trace,
+    }
+}
+
+pub fn credentials(account: &Account) -> Result<Credentials, ConfigError> {
+    Ok(Credentials {
+        username: account.username.clone(),
+        secret: account.secret()?,
+        method: account.auth,
+        allow_insecure_auth: account.allow_insecure_auth,
+    })
+}
+
+/// Syncs one account and records the run. Never panics on bad input; every
+/// failure ends up in the report's `error`.
+pub async fn sync_account(
+    account: &Account,
+    store: &SharedStore,
+    opts: &SyncOptions,
+) -> AccountReport {
+    let started = Instant::now();
+    let mut report = AccountReport::new(&account.name);
+    let mut run_id = None;
+    let result = run(account, store, opts, &mut report, &mut run_id).await;
+    report.elapsed = started.elapsed();
+    if let Err(e) = result {
+        tracing::error!(account = %account.name, "{e}");
+        report.error = Some(e);
+    }
+    if let Some(run_id) = run_id {
+        let record = RunRecord {
+            outcome: report
+                .error
+                .as_ref()
+                .map_or("ok", SyncError::outcome)
+                .to_string(),
+            on_server: Some(report.on_server),
+            new_messages: report.new_messages,
+            new_bytes: report.new_bytes,
+            deleted: report.deleted,
+            skipped: report.skipped,
+            error: report.error.as_ref().map(|e| e.to_string()),
+        };
+        let finished = opts.now + report.elapsed.as_secs() as i64;
+        if let Err(e) = with_store(store, |s| s.finish_run(run_id, &record, finished)) {
+            report.warn(format!("could not record the run: {e}"));
+        }
+    }
+    report
+}
+
+async fn run(
+    account: &Account,
+    store: &SharedStore,
+    opts: &SyncOptions,
+    report: &mut AccountReport,
+    run_id: &mut Option<i64>,
+) -> Result<(), SyncError> {
+    let _lock = AccountLock::acquire(&opts.state_dir, &account.name)?;
+    let mut target = blocking(|| open_target(account))?;
+    let acct = with_store(store, |s| s.account(&account.name, opts.now))?;
+    *run_id = Some(with_store(store, |s| s.start_run(acct, opts.now))?);
+    recover(acct, target.as_mut(), store, opts.now, report)?;
+
+    let creds = blocking(|| credentials(account))?;
+    let mut session = Session::connect(&connect_options(account, opts.trace.clone())).await?;
+    session.login(&creds).await?;
+    let (uidl, list) = session.listings().await?;
+    report.on_server = list.len() as u64;
+
+    let policy = Policy {
+        keep: account.keep,
+        delete_after_days: account.delete_after_days,
+        max_size: account.max_size,
+        now: opts.now,
+    };
+    let known = with_store(store, |s| s.live_messages(acct))?;
+    let plan = plan::plan(
+        uidl.as_deref(),
+        &list,
+        &known,
+        policy,
+        opts.accept_uid_change,
+    )?;
+    let new: Vec<(&str, u64)> = plan
+        .new_uids
+        .iter()
+        .map(|(u, s)| (u.as_str(), *s))
+        .collect();
+    with_store(store, |s| s.add_pending(acct, &new, opts.now))?;
+    if uidl.is_some() {
+        let present: HashSet<&str> = plan.present.iter().map(String::as_str).collect();
+        let retired = with_store(store, |s| s.retire_missing(acct, &present, opts.now))?;
+        if retired > 0 {
+            tracing::debug!(account = %account.name, retired, "UIDs no longer on the server");
+        }
+    }
+    for skip in &plan.skip {
+        report.skipped += 1;
+        let uid = skip.uid.as_deref().unwrap_or("-");
+        report.warn(format!(
+            "message {} (UID {uid}) left on the server: {}",
+            skip.msg, skip.reason
+        ));
+        if skip.record
+            && let Some(uid) = &skip.uid
+        {
+            with_store(store, |s| s.mark_skipped(acct, uid, &skip.reason))?;
+        }
+    }
+
+    let mut fetcher = fetch::Fetcher {
+        session: &mut session,
+        target: target.as_mut(),
+        store,
+        account,
+        acct,
+        opts,
+        report,
+        run_id: run_id.unwrap_or_default(),
+        delete_after_commit: plan::delete_after_commit(policy),
+    };
+    let deleted = fetcher.run(&plan).await?;
+
+    let quit = session.quit().await?;
+    if quit.is_ok() {
+        let uids: Vec<&str> = deleted.iter().map(String::as_str).collect();
+        with_store(store, |s| s.mark_deleted(acct, &uids, opts.now))?;
+        if uidl.is_none() {
+            // Without UIDL the synthetic keys can never match again.
+            with_store(store, |s| s.retire(acct, &uids, opts.now))?;
+        }
+        report.deleted = deleted.len() as u64;
+    } else if !deleted.is_empty() {
+        report.warn(format!(
+            "QUIT answered -ERR ({}): the server may not have removed {} messages; they will be deleted on a later run",
+            quit.describe(),
+            deleted.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Finishes what an interrupted run left in the journal before anything new.
+fn recover(
+    acct: AccountId,
+    target: &mut dyn Target,
+    store: &SharedStore,
+    now: i64,
+    report: &mut AccountReport,
+) -> Result<(), SyncError> {
+    let journal = with_store(store, |s| s.pending_journal(acct))?;
+    if journal.is_empty() {
+        return Ok(());
+    }
+    let desc = target.describe();
+    let foreign = journal
+        .mark
+        .as_ref()
+        .map(|(t, _)| t != &desc)
+        .unwrap_or(false)
+        || journal.intents.iter().any(|i| i.target != desc);
+    if foreign {
+        report.warn(format!(
+            "an interrupted run wrote to a different target than {desc}; its unfinished batch will be fetched again"
+        ));
+        with_store(store, |s| s.clear_journal(acct))?;
+        return Ok(());
+    }
+    let pending: Vec<_> = journal.intents.iter().map(|i| i.stored.clone()).collect();
+    let intact = blocking(|| target.recover(journal.mark.as_ref().map(|(_, m)| *m), &pending))?;
+    let committed: Vec<(&str, &crate::deliver::StoredMessage)> = journal
+        .intents
+        .iter()
+        .zip(&intact)
+        .filter(|(_, ok)| **ok)
+        .map(|(i, _)| (i.uid.as_str(), &i.stored))
+        .collect();
+    report.recovered = committed.len() as u64;
+    with_store(store, |s| s.commit_delivered(acct, &desc, &committed, now))?;
+    tracing::info!(
+        account = %report.account,
+        recovered = committed.len(),
+        dropped = journal.intents.len() - committed.len(),
+        "recovered an interrupted run"
+    );
+    Ok(())
+}
