@@ -418,12 +418,12 @@ impl Dovecot {
     pub fn stop_graceful(&mut self) {
         let pid = self.master_pid.take().or_else(|| self.read_master_pid());
         self.doveadm_stop();
-        if let Some(pid) = pid {
-            if !wait_gone(pid, Duration::from_secs(10)) {
-                // SAFETY: as in `stop`.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                wait_gone(pid, Duration::from_secs(5));
-            }
+        if let Some(pid) = pid
+            && !wait_gone(pid, Duration::from_secs(10))
+        {
+            // SAFETY: as in `stop`.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait_gone(pid, Duration::from_secs(5));
         }
     }
 
