@@ -15,7 +15,10 @@ use rusqlite_migration::{M, Migrations};
 use crate::deliver::{BatchMark, StoredMessage};
 pub use location::{decode_location, encode_location};
 
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../../migrations/0001_initial.sql")),
+    M::up(include_str!("../../migrations/0002_daemon_schedule.sql")),
+];
 
 pub type AccountId = i64;
 pub type RunId = i64;
@@ -588,6 +591,36 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// A running daemon records when it will poll `account` next.
+    pub fn set_next_poll(
+        &mut self,
+        account: &str,
+        next_poll: i64,
+        pid: u32,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO daemon_schedule (account, next_poll, pid, updated_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![account, next_poll, pid, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The daemon's next poll of `account` and the daemon's pid, if recorded.
+    pub fn next_poll(&self, account: &str) -> Result<Option<(i64, u32)>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT next_poll, pid FROM daemon_schedule WHERE account = ?1",
+                [account],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// Raw access for commands that report (status, verify) and for tests.

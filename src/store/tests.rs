@@ -150,3 +150,12 @@ fn a_corrupt_file_is_a_clear_error() {
     let err = Store::open_in(dir.path()).err().unwrap().to_string();
     assert!(err.contains("state.db"), "{err}");
 }
+
+#[test]
+fn daemon_schedule_round_trip() {
+    let (_dir, mut store) = open();
+    assert_eq!(store.next_poll("alice").unwrap(), None);
+    store.set_next_poll("alice", 500, 42, 400).unwrap();
+    store.set_next_poll("alice", 600, 42, 500).unwrap();
+    assert_eq!(store.next_poll("alice").unwrap(), Some((600, 42)));
+}
