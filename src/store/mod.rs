@@ -323,15 +323,27 @@ impl Store {
         if gone.is_empty() {
             return Ok(());
         }
+        self.update_live(
+            "UPDATE message SET gone_at = ?3
+             WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
+            account,
+            gone,
+            now,
+        )
+    }
+
+    /// Runs `sql` (parameters: account, uid, now) once per UID, in one transaction.
+    fn update_live(
+        &mut self,
+        sql: &str,
+        account: AccountId,
+        uids: &[&str],
+        now: i64,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
         {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE message SET gone_at = ?3
-                     WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
-                )
-                .map_err(|e| err_at(&self.path, e))?;
-            for uid in gone {
+            let mut stmt = tx.prepare_cached(sql).map_err(|e| err_at(&self.path, e))?;
+            for uid in uids {
                 stmt.execute(params![account, uid, now])
                     .map_err(|e| err_at(&self.path, e))?;
             }
@@ -540,20 +552,13 @@ impl Store {
         uids: &[&str],
         now: i64,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE message SET deleted_at = ?3
-                     WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
-                )
-                .map_err(|e| err_at(&self.path, e))?;
-            for uid in uids {
-                stmt.execute(params![account, uid, now])
-                    .map_err(|e| err_at(&self.path, e))?;
-            }
-        }
-        tx.commit().map_err(|e| err_at(&self.path, e))
+        self.update_live(
+            "UPDATE message SET deleted_at = ?3
+             WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
+            account,
+            uids,
+            now,
+        )
     }
 
     pub fn start_run(&mut self, account: AccountId, now: i64) -> Result<RunId, StoreError> {
