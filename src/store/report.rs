@@ -41,7 +41,7 @@ pub struct RunSummary {
 }
 
 /// Counts from the state for `popsync status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AccountCounts {
     /// Live UIDs (on the server at the last complete listing).
     pub known: u64,
@@ -52,7 +52,8 @@ pub struct AccountCounts {
     pub delivered_bytes: u64,
     /// Of those, deleted from the server after storing.
     pub deleted: u64,
-    /// Live messages left on the server on purpose, with the reason.
+    /// Live messages left on the server on purpose: (reason, count).
+    #[serde(rename = "skipped_reasons")]
     pub skipped: Vec<(String, u64)>,
 }
 
