@@ -5,11 +5,15 @@
 //! - [`session`]: a tokio connection speaking that codec over TCP or TLS.
 //! - [`config`]: the TOML configuration.
 //! - [`deliver`]: local delivery targets (maildir, mbox, MDA).
+//! - [`migrate`]: readers of fetchmail, mpop and getmail6 UID files.
+//! - [`verify`]: checks stored messages against their recorded SHA-256.
 pub mod cli;
 pub mod config;
 pub mod datetime;
 pub mod deliver;
+pub mod migrate;
 pub mod pop3;
 pub mod session;
 pub mod store;
 pub mod sync;
+pub mod verify;

@@ -23,6 +23,8 @@ pub enum Exit {
     Locked = 8,
     /// The server broke the protocol or failed permanently.
     Protocol = 9,
+    /// `verify`: a stored message is missing, altered or unreadable.
+    Verify = 10,
 }
 
 impl Exit {
@@ -50,12 +52,13 @@ impl Exit {
             Exit::Temporary => 1,
             Exit::Locked => 2,
             Exit::Protocol => 3,
-            Exit::Delivery => 4,
-            Exit::Tls => 5,
-            Exit::Auth => 6,
-            Exit::Config => 7,
-            Exit::Usage => 8,
-            Exit::Internal => 9,
+            Exit::Verify => 4,
+            Exit::Delivery => 5,
+            Exit::Tls => 6,
+            Exit::Auth => 7,
+            Exit::Config => 8,
+            Exit::Usage => 9,
+            Exit::Internal => 10,
         }
     }
 

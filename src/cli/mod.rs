@@ -1,8 +1,14 @@
 //! The command line: parsing, logging set-up, dispatch, exit codes.
 
 pub mod exit;
+mod import_uids;
+mod mark_seen;
 mod probe;
+mod purge;
+mod server;
+mod status;
 mod sync;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -54,6 +60,39 @@ pub enum Commands {
         /// Download even if the server seems to have replaced all its UIDs
         #[arg(long)]
         accept_uid_change: bool,
+    },
+    /// Record every UID now on the server as seen, downloading nothing
+    MarkSeen { account: String },
+    /// Mark as seen the UIDs an older tool (fetchmail, mpop, getmail6) recorded
+    ImportUids {
+        account: String,
+        /// Which tool wrote FILE
+        #[arg(long, value_enum)]
+        from: crate::migrate::PeerFormat,
+        /// fetchmail's .fetchids, mpop's uidls_file or getmail6's oldmail-* file
+        file: PathBuf,
+        /// The server's name in FILE, if the old tool used another one
+        #[arg(long)]
+        host: Option<String>,
+        /// The user name in FILE, if the old tool used another one
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Show what the state knows: last poll, next poll, counts, last error
+    Status {
+        account: Option<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that every stored message is still in place with its bytes (exit 10 if not)
+    Verify { account: Option<String> },
+    /// Delete from the server exactly the messages stored by popsync that verify intact now
+    Purge {
+        account: String,
+        /// Only show what would be deleted
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -119,6 +158,36 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 trace,
             };
             sync::run(&config, selected, args).await
+        }
+        Commands::MarkSeen { account } => {
+            mark_seen::run(&config, config.account(account)?, trace).await
+        }
+        Commands::ImportUids {
+            account,
+            from,
+            file,
+            host,
+            user,
+        } => {
+            let args = import_uids::Args {
+                format: *from,
+                file,
+                host: host.as_deref(),
+                user: user.as_deref(),
+                trace,
+            };
+            import_uids::run(&config, config.account(account)?, args).await
+        }
+        Commands::Status { account, json } => {
+            let names: Vec<String> = account.iter().cloned().collect();
+            status::run(&config, config.select(&names)?, *json)
+        }
+        Commands::Verify { account } => {
+            let names: Vec<String> = account.iter().cloned().collect();
+            verify::run(&config, config.select(&names)?, cli.quiet)
+        }
+        Commands::Purge { account, dry_run } => {
+            purge::run(&config, config.account(account)?, *dry_run, trace).await
         }
     }
 }

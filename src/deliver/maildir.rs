@@ -566,11 +566,17 @@ fn file_matches(path: &Path, msg: &StoredMessage) -> io::Result<bool> {
     if f.metadata()?.len() != msg.size {
         return Ok(false);
     }
+    let (total, sha) = sha256_stream(&mut f)?;
+    Ok(total == msg.size && sha == msg.sha256)
+}
+
+/// Length and SHA-256 of everything `r` yields, read in 64 KiB pieces.
+pub fn sha256_stream(r: &mut impl Read) -> io::Result<(u64, [u8; 32])> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; BUF_SIZE];
     let mut total = 0u64;
     loop {
-        let n = match f.read(&mut buf) {
+        let n = match r.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -579,7 +585,28 @@ fn file_matches(path: &Path, msg: &StoredMessage) -> io::Result<bool> {
         h.update(&buf[..n]);
         total += n as u64;
     }
-    Ok(total == msg.size && <[u8; 32]>::from(h.finalize()) == msg.sha256)
+    Ok((total, h.finalize().into()))
+}
+
+/// Where each of `names` is now under `root`, in one pass over `new/` and
+/// `cur/` (a mail reader moves messages to `cur/` and appends `:2,FLAGS`).
+/// Names not found are absent from the map.
+pub fn locate(root: &Path, names: &HashSet<&str>) -> io::Result<HashMap<String, PathBuf>> {
+    let mut out: HashMap<String, PathBuf> = HashMap::new();
+    for ent in fs::read_dir(root.join("new"))? {
+        let ent = ent?;
+        if let Some(name) = ent.file_name().to_str()
+            && names.contains(name)
+        {
+            out.insert(name.to_string(), ent.path());
+        }
+    }
+    for (name, paths) in scan_cur(&root.join("cur"), names)? {
+        if let Some(p) = paths.into_iter().next() {
+            out.entry(name).or_insert(p);
+        }
+    }
+    Ok(out)
 }
 
 fn fsync_dir(path: &Path) -> io::Result<()> {

@@ -5,6 +5,7 @@
 //! records every run. Schema changes are plain SQL files in `migrations/`.
 
 mod location;
+mod report;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use rusqlite_migration::{M, Migrations};
 
 use crate::deliver::{BatchMark, StoredMessage};
 pub use location::{decode_location, encode_location};
+pub use report::{AccountCounts, DeliveryRecord, MarkCounts, RunSummary};
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0001_initial.sql")),

@@ -506,7 +506,7 @@ fn ensure_mail_user() -> (u32, u32) {
     })
 }
 
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
+pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let mut f = line.split(':');
