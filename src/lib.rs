@@ -5,10 +5,15 @@
 //! - [`session`]: a tokio connection speaking that codec over TCP or TLS.
 //! - [`config`]: the TOML configuration.
 //! - [`deliver`]: local delivery targets (maildir, mbox, MDA).
+//! - [`sync`]: the engine that syncs one account.
+//! - [`daemon`]: the background service over many accounts; [`notify`]: its
+//!   desktop notifications.
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod datetime;
 pub mod deliver;
+pub mod notify;
 pub mod pop3;
 pub mod session;
 pub mod store;

@@ -1,5 +1,6 @@
 //! The command line: parsing, logging set-up, dispatch, exit codes.
 
+mod daemon;
 pub mod exit;
 mod probe;
 mod sync;
@@ -54,6 +55,14 @@ pub enum Commands {
         /// Download even if the server seems to have replaced all its UIDs
         #[arg(long)]
         accept_uid_change: bool,
+    },
+    /// Run in the background: poll every account on its interval, notify
+    /// about new mail. SIGHUP reloads the config, SIGUSR1 polls now,
+    /// SIGTERM/SIGINT stop cleanly
+    Daemon {
+        /// Accounts polled at the same time
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        jobs: usize,
     },
 }
 
@@ -119,6 +128,14 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 trace,
             };
             sync::run(&config, selected, args).await
+        }
+        Commands::Daemon { jobs } => {
+            let args = daemon::Args {
+                config_path,
+                jobs: *jobs,
+                trace,
+            };
+            daemon::run(config, args).await
         }
     }
 }
