@@ -137,6 +137,8 @@ fn mail_arrives_within_seconds_while_dead_and_hanging_servers_fail() {
     assert!(took < Duration::from_secs(8), "{took:?}");
     assert!(daemon.log().contains("daemon stopped"), "{}", daemon.log());
     assert!(daemon.log().contains("hanging"), "{}", daemon.log());
+    // Not a terminal: plain lines for the journal, no colour codes.
+    assert!(!daemon.log().contains('\x1b'), "{}", daemon.log());
     drop(hanging);
 }
 
