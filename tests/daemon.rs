@@ -152,13 +152,22 @@ fn signals_poll_now_reload_and_stop_and_one_daemon_per_state() {
     daemon.wait_log("alice: 0 new", Duration::from_secs(10));
 
     // A second daemon on the same state refuses to start (exit 8).
-    let second = p.run(&["daemon"]);
-    assert_eq!(second.code(), 8, "{}", second.stderr());
-    assert!(
-        second.stderr().contains("another popsync daemon"),
-        "{}",
-        second.stderr()
-    );
+    let mut second = p
+        .command(&["daemon"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(Duration::from_secs(10), || {
+        second.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        second.kill().unwrap();
+    }
+    let second = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(exited, "a second daemon kept running: {stderr}");
+    assert_eq!(second.status.code(), Some(8), "{stderr}");
+    assert!(stderr.contains("another popsync daemon"), "{stderr}");
 
     // SIGUSR1: poll now, not in an hour.
     d.add_message("alice", &message("a@example.org", "poll now"));
