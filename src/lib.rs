@@ -7,11 +7,16 @@
 //! - [`deliver`]: local delivery targets (maildir, mbox, MDA).
 //! - [`migrate`]: readers of fetchmail, mpop and getmail6 UID files.
 //! - [`verify`]: checks stored messages against their recorded SHA-256.
+//! - [`sync`]: the engine that syncs one account.
+//! - [`daemon`]: the background service over many accounts; [`notify`]: its
+//!   desktop notifications.
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod datetime;
 pub mod deliver;
 pub mod migrate;
+pub mod notify;
 pub mod pop3;
 pub mod session;
 pub mod store;

@@ -18,5 +18,8 @@ fn example_configs_parse() {
             seen += 1;
         }
     }
-    assert!(seen >= 3, "expected the maildir, mbox and mda examples");
+    assert!(
+        seen >= 7,
+        "expected the maildir, mbox, mda and four daemon examples"
+    );
 }

@@ -340,3 +340,56 @@ fn torn_mbox_append_is_repaired() {
         "the torn tail is kept aside, not dropped"
     );
 }
+
+/// The engine's hooks for the daemon: the report keeps only the newest
+/// three messages' header sections, and a stop request sends no RETR.
+#[test]
+fn report_keeps_newest_headers_and_stop_sends_no_retr() {
+    use popsync::config::Config;
+    use popsync::sync::{SyncOptions, sync_account};
+    use std::sync::{Arc, Mutex};
+
+    let d = Dovecot::start();
+    for i in 0..5 {
+        let body = "x".repeat(40_000);
+        d.add_message(
+            "alice",
+            format!("From: s{i}@example.org\nSubject: number {i}\n\n{body}\n").as_bytes(),
+        );
+        // Dovecot orders by file name; keep the drops in order.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let p = Popsync::new("");
+    let mut a = AccountToml::tls("alice", &d, "alice");
+    a.maildir(&p.path("mail"));
+    p.write_config(&a.render());
+    let config = Config::load(&p.config).unwrap();
+    let account = config.account("alice").unwrap().clone();
+    let store = Arc::new(Mutex::new(Store::open_in(&config.state_dir).unwrap()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(true);
+    let mut opts = SyncOptions::new(config.state_dir.clone(), 1_700_000_000);
+    opts.stop = Some(stop_rx);
+    let report = rt.block_on(sync_account(&account, &store, &opts));
+    assert!(report.error.is_none(), "{}", report.summary());
+    assert_eq!((report.on_server, report.new_messages), (5, 0));
+    assert!(maildir_messages(&p.path("mail")).is_empty());
+
+    stop_tx.send(false).unwrap();
+    let report = rt.block_on(sync_account(&account, &store, &opts));
+    assert!(report.error.is_none(), "{}", report.summary());
+    assert_eq!(report.new_messages, 5);
+    let headers: Vec<String> = report
+        .newest_headers
+        .iter()
+        .map(|h| String::from_utf8(h.clone()).unwrap())
+        .collect();
+    assert_eq!(headers.len(), 3, "{headers:?}");
+    for (h, i) in headers.iter().zip(2..) {
+        assert_eq!(
+            h,
+            &format!("From: s{i}@example.org\nSubject: number {i}\n\n")
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! The command line: parsing, logging set-up, dispatch, exit codes.
 
+mod daemon;
 pub mod exit;
 mod import_uids;
 mod mark_seen;
@@ -93,6 +94,14 @@ pub enum Commands {
         /// Only show what would be deleted
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Run in the background: poll every account on its interval, notify
+    /// about new mail. SIGHUP reloads the config, SIGUSR1 polls now,
+    /// SIGTERM/SIGINT stop cleanly
+    Daemon {
+        /// Accounts polled at the same time
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        jobs: usize,
     },
 }
 
@@ -188,6 +197,14 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Commands::Purge { account, dry_run } => {
             purge::run(&config, config.account(account)?, *dry_run, trace).await
+        }
+        Commands::Daemon { jobs } => {
+            let args = daemon::Args {
+                config_path,
+                jobs: *jobs,
+                trace,
+            };
+            daemon::run(config, args).await
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::pop3::{Command, sanitize};
 use crate::session::{BodyError, Session};
 use crate::store::AccountId;
 
+use super::headers::{HeaderCapture, keep_newest};
 use super::plan::{Plan, Wanted};
 use super::{AccountReport, SharedStore, SyncError, SyncOptions, blocking, received, with_store};
 
@@ -28,6 +29,8 @@ struct Batch {
     started: Option<Instant>,
     items: Vec<(String, StoredMessage, u32)>,
     bytes: u64,
+    /// Header sections of the batch's newest messages (bounded ring).
+    headers: VecDeque<Vec<u8>>,
 }
 
 pub(super) struct Fetcher<'a> {
@@ -62,11 +65,14 @@ impl Fetcher<'_> {
         let target_desc = self.target.describe();
 
         loop {
+            // A stop request: send no further RETR; what is in flight is
+            // read, its batch closed and committed, then the caller QUITs.
+            let stopping = self.opts.stop_requested();
             while in_flight.len() < depth {
                 if let Some((msg, uid)) = deletes.pop_front() {
                     self.session.queue(&Command::Dele(msg))?;
                     in_flight.push_back(InFlight::Dele(msg, uid));
-                } else if next < wanted.len() {
+                } else if next < wanted.len() && !stopping {
                     self.session.queue(&Command::Retr(wanted[next].msg))?;
                     in_flight.push_back(InFlight::Retr(next));
                     next += 1;
@@ -100,7 +106,7 @@ impl Fetcher<'_> {
                     if let Some(bar) = &progress {
                         bar.inc(want.size.max(1));
                     }
-                    let more = next < wanted.len()
+                    let more = (next < wanted.len() && !self.opts.stop_requested())
                         || in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
                     if !batch.items.is_empty() && (!more || self.batch_full(&batch)) {
                         let committed = self.close_batch(&mut batch, &target_desc).await?;
@@ -113,6 +119,13 @@ impl Fetcher<'_> {
         }
         if let Some(bar) = progress {
             bar.finish_and_clear();
+        }
+        if next < wanted.len() {
+            tracing::info!(
+                account = %self.account.name,
+                left = wanted.len() - next,
+                "stopping as asked; the rest is fetched on the next run"
+            );
         }
         Ok(deleted)
     }
@@ -156,9 +169,13 @@ impl Fetcher<'_> {
         };
         self.target.begin_message(&meta)?;
         let target = &mut *self.target;
+        let mut capture = HeaderCapture::default();
         let body = self
             .session
-            .read_body(MAX_MESSAGE, |chunk| target.write(chunk))
+            .read_body(MAX_MESSAGE, |chunk| {
+                capture.feed(chunk);
+                target.write(chunk)
+            })
             .await;
         let stats = match body {
             Ok(stats) => stats,
@@ -201,6 +218,7 @@ impl Fetcher<'_> {
             None => format!("no-uidl:{}:{}", self.run_id, want.msg),
         };
         batch.items.push((uid, stored, want.msg));
+        keep_newest(&mut batch.headers, capture.take());
         Ok(())
     }
 
@@ -251,6 +269,9 @@ impl Fetcher<'_> {
         self.report
             .delivered
             .extend(batch.items.drain(..).map(|(_, s, _)| s));
+        for header in batch.headers.drain(..) {
+            keep_newest(&mut self.report.newest_headers, header);
+        }
         *batch = Batch::default();
         Ok(committed)
     }

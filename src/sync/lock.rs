@@ -29,39 +29,45 @@ pub enum LockError {
 
 impl AccountLock {
     pub fn acquire(state_dir: &Path, account: &str) -> Result<AccountLock, LockError> {
-        let dir = state_dir.join("locks");
-        let path = dir.join(format!("{account}.lock"));
-        let io_err = |source| LockError::Io {
-            path: path.clone(),
-            source,
-        };
+        let path = state_dir.join("locks").join(format!("{account}.lock"));
+        match try_flock(&path) {
+            Ok(Some(file)) => Ok(AccountLock { _file: file, path }),
+            Ok(None) => Err(LockError::Held {
+                account: account.to_string(),
+                path,
+            }),
+            Err(source) => Err(LockError::Io { path, source }),
+        }
+    }
+}
+
+/// Opens (creating it 0600, and its directory 0700) and takes an exclusive,
+/// non-blocking `flock` on `path`; `Ok(None)` when another process holds it.
+/// The lock lasts as long as the returned file is open.
+pub fn try_flock(path: &Path) -> io::Result<Option<File>> {
+    if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
-            .map_err(io_err)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err)?;
-        // SAFETY: flock on a valid, owned descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            return Err(if err.kind() == io::ErrorKind::WouldBlock {
-                LockError::Held {
-                    account: account.to_string(),
-                    path,
-                }
-            } else {
-                io_err(err)
-            });
-        }
-        Ok(AccountLock { _file: file, path })
+            .create(dir)?;
     }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    // SAFETY: flock on a valid, owned descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(Some(file))
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 //! -> DELE -> QUIT. A crash at any instant costs at worst a re-download.
 
 mod fetch;
+pub mod headers;
 pub mod lock;
 pub mod plan;
 mod received;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,6 +54,9 @@ pub struct SyncOptions {
     pub accept_uid_change: bool,
     pub trace: Option<TraceSink>,
     pub progress: Option<indicatif::MultiProgress>,
+    /// Set to true to ask for a polite stop: the batch in hand is finished
+    /// and committed, no further RETR is sent, then QUIT.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl SyncOptions {
@@ -65,7 +69,12 @@ impl SyncOptions {
             accept_uid_change: false,
             trace: None,
             progress: None,
+            stop: None,
         }
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|rx| *rx.borrow())
     }
 }
 
@@ -128,6 +137,12 @@ pub struct AccountReport {
     pub error: Option<SyncError>,
     /// New messages' locations, newest last (for notifications).
     pub delivered: Vec<crate::deliver::StoredMessage>,
+    /// Header sections of the newest delivered messages (at most
+    /// [`headers::NEWEST_KEPT`], each at most [`headers::HEADER_CAPTURE_LIMIT`]
+    /// bytes), newest last.
+    pub newest_headers: VecDeque<Vec<u8>>,
+    /// The server's `LOGIN-DELAY` capability (RFC 2449), if it announced one.
+    pub login_delay: Option<Duration>,
 }
 
 impl AccountReport {
@@ -144,6 +159,8 @@ impl AccountReport {
             elapsed: Duration::ZERO,
             error: None,
             delivered: Vec::new(),
+            newest_headers: VecDeque::new(),
+            login_delay: None,
         }
     }
 
@@ -251,7 +268,9 @@ pub async fn sync_account(
     let result = run(account, store, opts, &mut report, &mut run_id).await;
     report.elapsed = started.elapsed();
     if let Err(e) = result {
-        tracing::error!(account = %account.name, "{e}");
+        // The caller reports the outcome (one line per account, or the
+        // daemon's once-per-streak rule): no second log line here.
+        tracing::debug!(account = %account.name, "{e}");
         report.error = Some(e);
     }
     if let Some(run_id) = run_id {
@@ -291,6 +310,10 @@ async fn run(
 
     let creds = blocking(|| credentials(account))?;
     let mut session = Session::connect(&connect_options(account, opts.trace.clone())).await?;
+    report.login_delay = session
+        .capabilities()
+        .login_delay()
+        .map(Duration::from_secs);
     session.login(&creds).await?;
     let (uidl, list) = session.listings().await?;
     report.on_server = list.len() as u64;
