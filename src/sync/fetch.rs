@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::config::Account;
 use crate::deliver::{MessageMeta, StoredMessage, Target};
 use crate::pop3::{Command, sanitize};
-use crate::session::{BodyError, Session};
+use crate::session::{BodyError, Session, SessionError};
 use crate::store::AccountId;
 
 use super::plan::{Plan, Wanted};
@@ -16,6 +16,16 @@ use super::{AccountReport, SharedStore, SyncError, SyncOptions, blocking, receiv
 
 /// A message larger than this is hostile, whatever LIST said.
 const MAX_MESSAGE: u64 = 4 * 1024 * 1024 * 1024;
+
+/// How much of one message we read before calling it endless. LIST sizes
+/// are advisory (LF counts, lax servers) but never wildly off; without this
+/// a RETR that never ends would stream until MAX_MESSAGE.
+fn body_limit(list_size: u64) -> u64 {
+    list_size
+        .saturating_mul(2)
+        .saturating_add(1024 * 1024)
+        .min(MAX_MESSAGE)
+}
 
 enum InFlight {
     Retr(usize),
@@ -156,9 +166,10 @@ impl Fetcher<'_> {
         };
         self.target.begin_message(&meta)?;
         let target = &mut *self.target;
+        let limit = body_limit(want.size);
         let body = self
             .session
-            .read_body(MAX_MESSAGE, |chunk| target.write(chunk))
+            .read_body(limit, |chunk| target.write(chunk))
             .await;
         let stats = match body {
             Ok(stats) => stats,
@@ -168,6 +179,16 @@ impl Fetcher<'_> {
             }
             Err(BodyError::Session(e)) => {
                 self.target.abort_message();
+                if matches!(e, SessionError::BodyTooLarge { .. }) {
+                    let reason = format!(
+                        "exceeds {limit} bytes although LIST announced {}: stopped reading it",
+                        want.size
+                    );
+                    self.report.warn(format!(
+                        "message {} (UID {uid_shown}) {reason}; left on the server",
+                        want.msg
+                    ));
+                }
                 return Err(e.into());
             }
         };
@@ -285,5 +306,17 @@ impl Fetcher<'_> {
         bar.set_style(style);
         bar.set_prefix(self.account.name.clone());
         Some(bar)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_limit_follows_list_size_within_bounds() {
+        assert_eq!(body_limit(0), 1024 * 1024);
+        assert_eq!(body_limit(1000), 2000 + 1024 * 1024);
+        assert_eq!(body_limit(u64::MAX), MAX_MESSAGE);
     }
 }
