@@ -104,7 +104,7 @@ impl Fetcher<'_> {
                     let want = &wanted[index];
                     let result = self.retrieve(want, &mut batch).await;
                     if let Err(e) = result {
-                        self.abort_batch(&mut batch);
+                        self.end_batch_after(&e, &mut batch, &target_desc).await;
                         return Err(e);
                     }
                     if let Some(bar) = &progress {
@@ -188,6 +188,10 @@ impl Fetcher<'_> {
                         "message {} (UID {uid_shown}) {reason}; left on the server",
                         want.msg
                     ));
+                    if let Some(uid) = &want.uid {
+                        let (store, acct) = (self.store, self.acct);
+                        with_store(store, |s| s.mark_skipped(acct, uid, &reason))?;
+                    }
                 }
                 return Err(e.into());
             }
@@ -274,6 +278,20 @@ impl Fetcher<'_> {
             .extend(batch.items.drain(..).map(|(_, s, _)| s));
         *batch = Batch::default();
         Ok(committed)
+    }
+
+    /// After a failed RETR: when the server (not the target) failed, the
+    /// batch's complete messages are kept, so that a poison message or a
+    /// flaky link cannot undo a run's progress again and again.
+    async fn end_batch_after(&mut self, err: &SyncError, batch: &mut Batch, target_desc: &str) {
+        if matches!(err, SyncError::Session(_)) && !batch.items.is_empty() {
+            if let Err(e) = self.close_batch(batch, target_desc).await {
+                self.report
+                    .warn(format!("could not keep the messages received so far: {e}"));
+            }
+        } else {
+            self.abort_batch(batch);
+        }
     }
 
     fn abort_batch(&mut self, batch: &mut Batch) {

@@ -137,6 +137,9 @@ pub fn plan(
         });
     }
 
+    // A message that failed before (truncated, endless) may break the
+    // session again: fetch it after the rest, so it cannot starve them.
+    let mut retry_last = Vec::new();
     for (msg, uid) in candidates {
         let size = size_of(msg);
         match known.get(uid) {
@@ -145,12 +148,16 @@ pub fn plan(
                     out.delete.push((msg, uid.to_string()));
                 }
             }
+            Some(k) if k.state == MessageState::Skipped => retry_last.push((msg, uid, size)),
             Some(_) => push_fetch_or_skip(&mut out, msg, Some(uid), size, policy),
             None => {
                 out.new_uids.push((uid.to_string(), size));
                 push_fetch_or_skip(&mut out, msg, Some(uid), size, policy);
             }
         }
+    }
+    for (msg, uid, size) in retry_last {
+        push_fetch_or_skip(&mut out, msg, Some(uid), size, policy);
     }
     Ok(out)
 }
@@ -234,6 +241,15 @@ mod tests {
         max_size: None,
         now: 1_000_000,
     };
+
+    #[test]
+    fn messages_that_failed_before_are_fetched_last() {
+        let u = uidl(&[(1, "bad"), (2, "b"), (3, "c")]);
+        let k = known(&[("bad", MessageState::Skipped, 0)]);
+        let p = plan(Some(&u), &list(3), &k, KEEP, false).unwrap();
+        let fetched: Vec<u32> = p.fetch.iter().map(|w| w.msg).collect();
+        assert_eq!(fetched, [2, 3, 1]);
+    }
 
     #[test]
     fn new_messages_are_fetched_seen_ones_not() {
