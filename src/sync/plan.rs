@@ -126,13 +126,24 @@ pub fn plan(
         .filter(|(_, u)| known.contains_key(*u))
         .count();
     let unknown = candidates.len() - overlap;
+    // Only UIDs that should still be on the server are evidence of a
+    // renumbering: not those popsync deleted, nor those it asked the server
+    // to delete (a QUIT cut short may still have removed them). Otherwise
+    // keep = false would call every fresh batch of mail a migration.
+    let expected = known
+        .values()
+        .filter(|k| {
+            k.deleted_at.is_none()
+                && !(k.state == MessageState::Delivered && should_delete(k, policy))
+        })
+        .count();
     if !accept_uid_change
-        && known.len() >= UID_CHANGE_THRESHOLD
+        && expected >= UID_CHANGE_THRESHOLD
         && overlap == 0
         && unknown >= UID_CHANGE_THRESHOLD
     {
         return Err(PlanError::UidsChanged {
-            known: known.len(),
+            known: expected,
             unknown,
         });
     }
@@ -361,6 +372,28 @@ mod tests {
         ));
         assert_eq!(
             plan(Some(&u), &list(30), &k, KEEP, true)
+                .unwrap()
+                .fetch
+                .len(),
+            30
+        );
+        // keep = false: the known UIDs were (or were being) deleted by
+        // popsync itself, so new mail is just new mail.
+        let delete = Policy {
+            keep: false,
+            ..KEEP
+        };
+        assert_eq!(
+            plan(Some(&u), &list(30), &k, delete, false)
+                .unwrap()
+                .fetch
+                .len(),
+            30
+        );
+        let mut gone = k.clone();
+        gone.values_mut().for_each(|m| m.deleted_at = Some(1));
+        assert_eq!(
+            plan(Some(&u), &list(30), &gone, KEEP, false)
                 .unwrap()
                 .fetch
                 .len(),
