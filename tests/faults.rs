@@ -4,90 +4,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use support::fault_case::{Case, assert_mentions, keep_false};
 use support::fault_server::{FaultMessage, FaultServer, Faults, mailbox};
-use support::popsync::{Popsync, Run, maildir_messages};
-
-struct Case {
-    server: FaultServer,
-    popsync: Popsync,
-    maildir: PathBuf,
-    original: Vec<FaultMessage>,
-}
-
-impl Case {
-    /// `extra`: more account keys (TOML lines), e.g. `keep = false`.
-    fn new(original: Vec<FaultMessage>, faults: Faults, extra: &str) -> Case {
-        let server = FaultServer::start(original.clone(), faults);
-        let popsync = Popsync::new("");
-        let maildir = popsync.path("Mail");
-        let extra = format!("maildir = {maildir:?}\n{extra}");
-        popsync.write_config(&server.account_toml("acct", &extra));
-        Case {
-            server,
-            popsync,
-            maildir,
-            original,
-        }
-    }
-
-    fn sync(&self) -> Run {
-        self.popsync.run(&["sync"])
-    }
-
-    fn stored(&self) -> Vec<Vec<u8>> {
-        maildir_messages(&self.maildir)
-    }
-
-    /// Every original message is stored at most once and is stored or still
-    /// on the server; nothing the client did not store left the server; no
-    /// half-written file is visible.
-    fn assert_nothing_lost(&self) {
-        let stored = self.stored();
-        let on_server = self.server.mailbox();
-        for m in &self.original {
-            let copies = stored.iter().filter(|s| **s == m.body).count();
-            assert!(copies <= 1, "UID {} stored {copies} times", m.uid);
-            let kept = on_server.iter().any(|s| s.body == m.body);
-            assert!(copies == 1 || kept, "UID {} lost", m.uid);
-        }
-        for s in &stored {
-            assert!(
-                self.original.iter().any(|m| m.body == *s),
-                "stored a message the server never served: {:?}",
-                String::from_utf8_lossy(&s[..s.len().min(200)])
-            );
-        }
-        let tmp = self.maildir.join("tmp");
-        if let Ok(entries) = std::fs::read_dir(&tmp) {
-            assert_eq!(entries.count(), 0, "leftovers in {}", tmp.display());
-        }
-    }
-
-    /// After the fault is gone: a clean run stores everything exactly once.
-    fn heal_and_check_all_stored(&self) {
-        self.server.set_faults(Faults::default());
-        self.sync().expect_code(0);
-        self.assert_nothing_lost();
-        assert_eq!(self.stored().len(), self.original.len(), "all stored");
-    }
-}
-
-fn keep_false() -> &'static str {
-    "keep = false"
-}
-
-fn assert_mentions(run: &Run, words: &[&str]) {
-    let all = format!("{}\n{}", run.stdout(), run.stderr()).to_lowercase();
-    for w in words {
-        assert!(
-            all.contains(&w.to_lowercase()),
-            "expected {w:?} in the output:\n{all}"
-        );
-    }
-}
+use support::popsync::{Popsync, maildir_messages};
 
 fn count(dir: &Path) -> usize {
     maildir_messages(dir).len()
@@ -245,6 +167,18 @@ fn wholesale_uid_change_is_refused_until_accepted() {
     let run = c.popsync.run(&["sync", "--accept-uid-change"]);
     run.expect_code(0);
     assert_eq!(count(&c.maildir), 2 * n, "the user asked for the copy");
+}
+
+#[test]
+fn keep_false_with_a_new_batch_of_mail_is_not_a_migration() {
+    let c = Case::new(mailbox(25), Faults::default(), keep_false());
+    c.sync().expect_code(0);
+    assert!(c.server.mailbox().is_empty());
+    let fresh: Vec<FaultMessage> = mailbox(50).split_off(25);
+    c.server.set_mailbox(fresh);
+    c.sync().expect_code(0);
+    assert_eq!(count(&c.maildir), 50);
+    assert!(c.server.mailbox().is_empty());
 }
 
 #[test]
