@@ -269,3 +269,72 @@ mod tests {
         );
     }
 }
+
+/// Property tests: dot-stuffing round trips for arbitrary bytes, split at
+/// arbitrary points.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a client must store for `message`: each line's LF or CRLF end
+    /// (and a CR before the end of input) becomes LF, as the encoder sends
+    /// every line with CRLF.
+    fn expected(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            let body = line.strip_suffix(b"\n").unwrap_or(line);
+            out.extend_from_slice(body.strip_suffix(b"\r").unwrap_or(body));
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Bytes with the troublemakers (`.`, CR, LF) much more common than in
+    /// uniform noise.
+    fn mail_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            3 => Just(b'.'),
+            2 => Just(b'\r'),
+            3 => Just(b'\n'),
+            4 => any::<u8>(),
+        ];
+        proptest::collection::vec(byte, 0..600)
+    }
+
+    proptest! {
+        #[test]
+        fn stuffing_round_trips(
+            message in mail_bytes(),
+            cuts in proptest::collection::vec(1usize..64, 0..40),
+        ) {
+            let mut wire = Vec::new();
+            encode_multiline(&message, &mut wire);
+            let body_len = wire.len();
+            wire.extend_from_slice(b"+OK next response\r\n");
+            let mut d = MultilineDecoder::new();
+            let mut out = Vec::new();
+            let (mut pos, mut k) = (0, 0);
+            while !d.is_done() {
+                prop_assert!(pos < wire.len(), "terminator not found");
+                let size = cuts.get(k).copied().unwrap_or(wire.len());
+                k += 1;
+                let end = wire.len().min(pos + size);
+                pos += d.decode(&wire[pos..end], &mut out).consumed;
+            }
+            prop_assert_eq!(pos, body_len, "must not eat the next response");
+            prop_assert_eq!(out, expected(&message));
+        }
+
+        #[test]
+        fn lf_text_round_trips_exactly(lines in proptest::collection::vec("[.]{0,3}[ -~]{0,20}", 0..30)) {
+            let message: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect();
+            let mut wire = Vec::new();
+            encode_multiline(&message, &mut wire);
+            let mut out = Vec::new();
+            let r = MultilineDecoder::new().decode(&wire, &mut out);
+            prop_assert!(r.done);
+            prop_assert_eq!(out, message);
+        }
+    }
+}

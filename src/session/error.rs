@@ -28,7 +28,9 @@ pub enum SessionError {
     StlsNotOffered,
     #[error("the server refused STLS ({}); no credential was sent", .0.describe())]
     StlsRefused(StatusLine),
-    #[error("the server sent data after accepting STLS and before the TLS handshake")]
+    #[error(
+        "the server sent data after accepting STLS and before the TLS handshake (injection?); no credential was sent"
+    )]
     StlsInjection,
     #[error(
         "refusing to send {method} credentials over a connection without TLS; use tls = \"implicit\" or \"starttls\", or set allow_insecure_auth = true"
@@ -78,9 +80,12 @@ impl SessionError {
         }
     }
 
-    /// The server said the credentials are wrong (not "locked", not "later").
+    /// The server said the credentials are wrong (not "locked", not "later",
+    /// not "the server itself is broken": RFC 3206 [SYS/PERM]).
     pub fn is_auth(&self) -> bool {
-        matches!(self, SessionError::AuthFailed { .. }) && !self.is_transient()
+        matches!(self, SessionError::AuthFailed { .. })
+            && !self.is_transient()
+            && self.response_code() != Some(&ResponseCode::SysPerm)
             || matches!(self, SessionError::NoAuthMethod(_))
     }
 
@@ -126,6 +131,10 @@ mod tests {
             line: err_line(b"-ERR [SYS/PERM] gone"),
         };
         assert!(!e.is_transient());
+        assert!(
+            !e.is_auth(),
+            "a permanent server failure is not bad credentials"
+        );
     }
 
     #[test]

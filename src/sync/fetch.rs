@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::config::Account;
 use crate::deliver::{MessageMeta, StoredMessage, Target};
 use crate::pop3::{Command, sanitize};
-use crate::session::{BodyError, Session};
+use crate::session::{BodyError, Session, SessionError};
 use crate::store::AccountId;
 
 use super::headers::{HeaderCapture, keep_newest};
@@ -17,6 +17,16 @@ use super::{AccountReport, SharedStore, SyncError, SyncOptions, blocking, receiv
 
 /// A message larger than this is hostile, whatever LIST said.
 const MAX_MESSAGE: u64 = 4 * 1024 * 1024 * 1024;
+
+/// How much of one message we read before calling it endless. LIST sizes
+/// are advisory (LF counts, lax servers) but never wildly off; without this
+/// a RETR that never ends would stream until MAX_MESSAGE.
+fn body_limit(list_size: u64) -> u64 {
+    list_size
+        .saturating_mul(2)
+        .saturating_add(1024 * 1024)
+        .min(MAX_MESSAGE)
+}
 
 enum InFlight {
     Retr(usize),
@@ -100,7 +110,7 @@ impl Fetcher<'_> {
                     let want = &wanted[index];
                     let result = self.retrieve(want, &mut batch).await;
                     if let Err(e) = result {
-                        self.abort_batch(&mut batch);
+                        self.end_batch_after(&e, &mut batch, &target_desc).await;
                         return Err(e);
                     }
                     if let Some(bar) = &progress {
@@ -169,10 +179,11 @@ impl Fetcher<'_> {
         };
         self.target.begin_message(&meta)?;
         let target = &mut *self.target;
+        let limit = body_limit(want.size);
         let mut capture = HeaderCapture::default();
         let body = self
             .session
-            .read_body(MAX_MESSAGE, |chunk| {
+            .read_body(limit, |chunk| {
                 capture.feed(chunk);
                 target.write(chunk)
             })
@@ -185,6 +196,20 @@ impl Fetcher<'_> {
             }
             Err(BodyError::Session(e)) => {
                 self.target.abort_message();
+                if matches!(e, SessionError::BodyTooLarge { .. }) {
+                    let reason = format!(
+                        "exceeds {limit} bytes although LIST announced {}: stopped reading it",
+                        want.size
+                    );
+                    self.report.warn(format!(
+                        "message {} (UID {uid_shown}) {reason}; left on the server",
+                        want.msg
+                    ));
+                    if let Some(uid) = &want.uid {
+                        let (store, acct) = (self.store, self.acct);
+                        with_store(store, |s| s.mark_skipped(acct, uid, &reason))?;
+                    }
+                }
                 return Err(e.into());
             }
         };
@@ -276,6 +301,20 @@ impl Fetcher<'_> {
         Ok(committed)
     }
 
+    /// After a failed RETR: when the server (not the target) failed, the
+    /// batch's complete messages are kept, so that a poison message or a
+    /// flaky link cannot undo a run's progress again and again.
+    async fn end_batch_after(&mut self, err: &SyncError, batch: &mut Batch, target_desc: &str) {
+        if matches!(err, SyncError::Session(_)) && !batch.items.is_empty() {
+            if let Err(e) = self.close_batch(batch, target_desc).await {
+                self.report
+                    .warn(format!("could not keep the messages received so far: {e}"));
+            }
+        } else {
+            self.abort_batch(batch);
+        }
+    }
+
     fn abort_batch(&mut self, batch: &mut Batch) {
         if batch.started.is_some() {
             if let Err(e) = self.target.abort_batch() {
@@ -306,5 +345,17 @@ impl Fetcher<'_> {
         bar.set_style(style);
         bar.set_prefix(self.account.name.clone());
         Some(bar)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_limit_follows_list_size_within_bounds() {
+        assert_eq!(body_limit(0), 1024 * 1024);
+        assert_eq!(body_limit(1000), 2000 + 1024 * 1024);
+        assert_eq!(body_limit(u64::MAX), MAX_MESSAGE);
     }
 }

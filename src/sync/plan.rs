@@ -126,17 +126,31 @@ pub fn plan(
         .filter(|(_, u)| known.contains_key(*u))
         .count();
     let unknown = candidates.len() - overlap;
+    // Only UIDs that should still be on the server are evidence of a
+    // renumbering: not those popsync deleted, nor those it asked the server
+    // to delete (a QUIT cut short may still have removed them). Otherwise
+    // keep = false would call every fresh batch of mail a migration.
+    let expected = known
+        .values()
+        .filter(|k| {
+            k.deleted_at.is_none()
+                && !(k.state == MessageState::Delivered && should_delete(k, policy))
+        })
+        .count();
     if !accept_uid_change
-        && known.len() >= UID_CHANGE_THRESHOLD
+        && expected >= UID_CHANGE_THRESHOLD
         && overlap == 0
         && unknown >= UID_CHANGE_THRESHOLD
     {
         return Err(PlanError::UidsChanged {
-            known: known.len(),
+            known: expected,
             unknown,
         });
     }
 
+    // A message that failed before (truncated, endless) may break the
+    // session again: fetch it after the rest, so it cannot starve them.
+    let mut retry_last = Vec::new();
     for (msg, uid) in candidates {
         let size = size_of(msg);
         match known.get(uid) {
@@ -145,12 +159,16 @@ pub fn plan(
                     out.delete.push((msg, uid.to_string()));
                 }
             }
+            Some(k) if k.state == MessageState::Skipped => retry_last.push((msg, uid, size)),
             Some(_) => push_fetch_or_skip(&mut out, msg, Some(uid), size, policy),
             None => {
                 out.new_uids.push((uid.to_string(), size));
                 push_fetch_or_skip(&mut out, msg, Some(uid), size, policy);
             }
         }
+    }
+    for (msg, uid, size) in retry_last {
+        push_fetch_or_skip(&mut out, msg, Some(uid), size, policy);
     }
     Ok(out)
 }
@@ -234,6 +252,15 @@ mod tests {
         max_size: None,
         now: 1_000_000,
     };
+
+    #[test]
+    fn messages_that_failed_before_are_fetched_last() {
+        let u = uidl(&[(1, "bad"), (2, "b"), (3, "c")]);
+        let k = known(&[("bad", MessageState::Skipped, 0)]);
+        let p = plan(Some(&u), &list(3), &k, KEEP, false).unwrap();
+        let fetched: Vec<u32> = p.fetch.iter().map(|w| w.msg).collect();
+        assert_eq!(fetched, [2, 3, 1]);
+    }
 
     #[test]
     fn new_messages_are_fetched_seen_ones_not() {
@@ -345,6 +372,28 @@ mod tests {
         ));
         assert_eq!(
             plan(Some(&u), &list(30), &k, KEEP, true)
+                .unwrap()
+                .fetch
+                .len(),
+            30
+        );
+        // keep = false: the known UIDs were (or were being) deleted by
+        // popsync itself, so new mail is just new mail.
+        let delete = Policy {
+            keep: false,
+            ..KEEP
+        };
+        assert_eq!(
+            plan(Some(&u), &list(30), &k, delete, false)
+                .unwrap()
+                .fetch
+                .len(),
+            30
+        );
+        let mut gone = k.clone();
+        gone.values_mut().for_each(|m| m.deleted_at = Some(1));
+        assert_eq!(
+            plan(Some(&u), &list(30), &gone, KEEP, false)
                 .unwrap()
                 .fetch
                 .len(),

@@ -37,5 +37,7 @@ pub fn write_file_0600(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) {
     f.write_all(contents.as_ref())
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
+pub mod fault_case;
+pub mod fault_server;
 pub mod peers;
 pub mod popsync;

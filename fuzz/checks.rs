@@ -1,0 +1,106 @@
+//! What every fuzz target asserts, shared by `fuzz/fuzz_targets/*` (cargo
+//! fuzz) and `tests/fuzz_corpus_replay.rs` (the normal test suite replays
+//! the checked-in corpora through the same checks).
+
+use popsync::pop3::listing::parse_lines;
+use popsync::pop3::{
+    Capabilities, ListEntry, MAX_STATUS_LINE, MultilineDecoder, Stat, StatusLine, Uid, UidlEntry,
+    find_status_line,
+};
+
+/// No control characters may reach a log line or a notification.
+fn assert_printable(s: &str) {
+    assert!(
+        !s.chars().any(|c| c.is_control()),
+        "unsanitised text: {s:?}"
+    );
+}
+
+/// Decodes `wire` in chunks whose sizes come from `sizes` (cycled).
+fn decode_chunked(wire: &[u8], sizes: &[u8]) -> (Vec<u8>, usize, bool) {
+    let mut d = MultilineDecoder::new();
+    let mut out = Vec::new();
+    let (mut pos, mut k) = (0, 0);
+    while pos < wire.len() {
+        let size = match sizes {
+            [] => wire.len(),
+            s => usize::from(s[k % s.len()]).max(1),
+        };
+        k += 1;
+        let piece = &wire[pos..wire.len().min(pos + size)];
+        let before = out.len();
+        let r = d.decode(piece, &mut out);
+        assert!(r.consumed <= piece.len());
+        assert!(out.len() - before <= piece.len() + 1, "output per call");
+        pos += r.consumed;
+        if r.done {
+            assert!(d.is_done());
+            return (out, pos, true);
+        }
+        assert_eq!(r.consumed, piece.len(), "stopped early without the end");
+    }
+    (out, pos, false)
+}
+
+/// The first byte says how many chunk-size bytes follow; the rest is the
+/// wire. Any chunking gives the same result as one call; never more bytes
+/// out than in.
+pub fn multiline_decoder(data: &[u8]) {
+    let n = usize::from(data.first().copied().unwrap_or(0) % 16);
+    let (sizes, wire) = data
+        .get(1..)
+        .unwrap_or(&[])
+        .split_at(n.min(data.len().saturating_sub(1)));
+    let whole = decode_chunked(wire, &[]);
+    let chunked = decode_chunked(wire, sizes);
+    assert_eq!(whole, chunked, "chunking changed the result");
+    assert!(whole.0.len() <= whole.1, "output larger than input used");
+}
+
+pub fn status_line(data: &[u8]) {
+    match find_status_line(data, MAX_STATUS_LINE) {
+        Ok(Some(len)) => {
+            assert!(len <= MAX_STATUS_LINE && len <= data.len());
+            assert_eq!(data[len - 1], b'\n');
+            if let Ok(line) = StatusLine::parse(&data[..len]) {
+                assert_printable(&line.describe());
+            }
+        }
+        Ok(None) => assert!(data.len() < MAX_STATUS_LINE),
+        Err(_) => assert!(data.len() >= MAX_STATUS_LINE),
+    }
+    if let Ok(line) = StatusLine::parse(data) {
+        assert_printable(&line.describe());
+    }
+}
+
+pub fn listing(data: &[u8]) {
+    if let Ok(entries) = parse_lines(data, UidlEntry::parse) {
+        for e in entries {
+            match e.uid {
+                Ok(uid) => {
+                    let s = uid.as_str();
+                    assert!((1..=Uid::MAX_LEN).contains(&s.len()));
+                    assert!(s.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                }
+                Err(err) => assert_printable(&err.to_string()),
+            }
+        }
+    }
+    match parse_lines(data, ListEntry::parse) {
+        Ok(_) => {}
+        Err(err) => assert_printable(&err.to_string()),
+    }
+    let caps = Capabilities::parse(data);
+    for l in &caps.lines {
+        assert_printable(l);
+    }
+    let _ = caps.login_delay();
+    let _ = caps.sasl();
+    let _ = Stat::parse(&String::from_utf8_lossy(data));
+}
+
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = popsync::config::Config::parse(&text, std::path::Path::new("fuzz.toml"));
+}
