@@ -186,7 +186,7 @@ fn state_db_locked_by_another_process() {
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let run = c.sync();
     drop(holder);
-    run.expect_code(7);
+    run.expect_code(6);
     assert_mentions(&run, &["locked by another process"]);
     assert_eq!(c.server.mailbox(), more);
     assert_eq!(maildir_messages(&c.maildir).len(), before);

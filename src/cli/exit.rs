@@ -45,6 +45,15 @@ impl Exit {
         }
     }
 
+    /// A state database held by another process is worth retrying; any
+    /// other state failure is local trouble.
+    pub fn for_store(err: &crate::store::StoreError) -> Exit {
+        match err {
+            crate::store::StoreError::Busy { .. } => Exit::Temporary,
+            _ => Exit::Delivery,
+        }
+    }
+
     /// When several accounts fail differently, the most actionable wins.
     pub fn severity(self) -> u8 {
         match self {
@@ -84,6 +93,12 @@ impl Failure {
             exit,
             message: message.into(),
         }
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Failure::new(Exit::for_store(&e), e.to_string())
     }
 }
 

@@ -11,11 +11,11 @@ use crate::sync::{AccountLock, LockError};
 use super::exit::{Exit, Failure};
 
 pub fn open_store(config: &Config) -> Result<Store, Failure> {
-    Store::open_in(&config.state_dir).map_err(|e| Failure::new(Exit::Delivery, e.to_string()))
+    Ok(Store::open_in(&config.state_dir)?)
 }
 
 pub fn store_failure(e: crate::store::StoreError) -> Failure {
-    Failure::new(Exit::Delivery, e.to_string())
+    e.into()
 }
 
 /// The account's id in the state, created if the account never synced.

@@ -26,8 +26,7 @@ pub fn now() -> i64 {
 }
 
 pub async fn run(config: &Config, accounts: Vec<&Account>, args: Args) -> Result<Exit, Failure> {
-    let store = Store::open_in(&config.state_dir)
-        .map_err(|e| Failure::new(Exit::Delivery, e.to_string()))?;
+    let store = Store::open_in(&config.state_dir)?;
     let store = Arc::new(Mutex::new(store));
     let mut opts = SyncOptions::new(config.state_dir.clone(), now());
     opts.accept_uid_change = args.accept_uid_change;
@@ -55,6 +54,9 @@ pub async fn run(config: &Config, accounts: Vec<&Account>, args: Args) -> Result
             println!("{}", report.summary());
         }
         if let Some(e) = &report.error {
+            // The engine logs failures quietly (the daemon rate-limits them);
+            // a person running sync must see the reason on stderr.
+            eprintln!("popsync: account `{}`: {e}", report.account);
             exit = exit.worst(exit_for(e));
         }
     }
@@ -65,7 +67,9 @@ pub fn exit_for(e: &SyncError) -> Exit {
     match e {
         SyncError::Config(_) => Exit::Config,
         SyncError::Session(e) => Exit::for_session(e),
-        SyncError::Deliver(_) | SyncError::Store(_) => Exit::Delivery,
+        SyncError::Store(e) => Exit::for_store(e),
+        SyncError::Deliver(e) if e.is_transient() => Exit::Temporary,
+        SyncError::Deliver(_) => Exit::Delivery,
         SyncError::Lock(LockError::Held { .. }) => Exit::Locked,
         SyncError::Lock(_) => Exit::Delivery,
         SyncError::Plan(_) => Exit::Protocol,

@@ -311,8 +311,8 @@ mod tests {
         );
         assert_eq!(
             Outcome::of(Some(&session_err(b"-ERR [SYS/PERM] gone"))),
-            Outcome::Auth,
-            "a refused login without a 'later' code counts as refused"
+            Outcome::Failed,
+            "a permanent server failure is not bad credentials: backed off, not paused"
         );
         assert_eq!(
             Outcome::of(Some(&SyncError::Session(SessionError::Closed))),
