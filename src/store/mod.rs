@@ -330,11 +330,7 @@ impl Store {
         now: i64,
     ) -> Result<usize, StoreError> {
         let live = self.live_messages(account)?;
-        let gone: Vec<&str> = live
-            .keys()
-            .map(String::as_str)
-            .filter(|u| !present.contains(u))
-            .collect();
+        let gone = missing_uids(&live, present);
         self.retire(account, &gone, now)?;
         Ok(gone.len())
     }
@@ -660,6 +656,17 @@ impl Store {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// Live UIDs (from [`Store::live_messages`]) a complete listing no longer has.
+pub fn missing_uids<'a>(
+    live: &'a HashMap<String, KnownMessage>,
+    present: &std::collections::HashSet<&str>,
+) -> Vec<&'a str> {
+    live.keys()
+        .map(String::as_str)
+        .filter(|u| !present.contains(u))
+        .collect()
 }
 
 fn err_at(path: &Path, source: rusqlite::Error) -> StoreError {
