@@ -25,8 +25,9 @@ const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
 /// Above this many files a batch is made durable with one `syncfs`.
 const SYNCFS_MIN_FILES: usize = 4;
 
-/// Unsynced files whose descriptors we keep open (so a writeback error is
-/// reported to us); beyond that, a file is fsynced early and closed.
+/// Unsynced files whose descriptors we keep open when each file gets its own
+/// fsync (so a writeback error is reported to us); beyond that, a file is
+/// fsynced early and closed.
 const MAX_OPEN_FILES: usize = 256;
 
 const BUF_SIZE: usize = 64 * 1024;
@@ -41,6 +42,8 @@ pub struct Maildir {
     /// `tmp/` opened at `begin_batch`: `syncfs` reports writeback errors of
     /// the filesystem since this descriptor was opened (Linux >= 5.8).
     batch_dir: Option<File>,
+    /// This batch's filesystem reports writeback errors to `syncfs`.
+    batch_syncfs: bool,
     batch: Vec<Entry>,
     current: Option<Current>,
     synced: bool,
@@ -48,8 +51,10 @@ pub struct Maildir {
 
 struct Entry {
     name: String,
-    /// Open until the file is durable, so fsync sees any writeback error.
+    /// Open until the file is durable, so fsync sees any writeback error;
+    /// closed early once the batch is bound to end with one `syncfs`.
     file: Option<File>,
+    needs_sync: bool,
     published: bool,
 }
 
@@ -107,6 +112,7 @@ impl Maildir {
             cur: path.join("cur"),
             host: sanitized_hostname(),
             batch_dir: None,
+            batch_syncfs: false,
             batch: Vec::new(),
             current: None,
             synced: true,
@@ -162,14 +168,14 @@ impl Maildir {
     fn sync_files(&mut self) -> Result<(), DeliverError> {
         let target = self.target();
         let unsynced: Vec<usize> = (0..self.batch.len())
-            .filter(|&i| self.batch[i].file.is_some())
+            .filter(|&i| self.batch[i].needs_sync)
             .collect();
         if unsynced.is_empty() {
             return Ok(());
         }
         if unsynced.len() > SYNCFS_MIN_FILES
+            && self.batch_syncfs
             && let Some(dir) = &self.batch_dir
-            && syncfs_is_reliable(dir)
         {
             // One flush of the filesystem instead of one journal commit
             // per file; errors since `begin_batch` are reported here.
@@ -177,6 +183,7 @@ impl Maildir {
                 .map_err(|e| io_err(&target, "syncfs", &self.tmp, e))?;
             for &i in &unsynced {
                 self.batch[i].file = None;
+                self.batch[i].needs_sync = false;
             }
             return Ok(());
         }
@@ -190,12 +197,16 @@ impl Maildir {
             }
         }
         for &i in &unsynced {
-            if let Some(f) = &self.batch[i].file {
-                f.sync_all().map_err(|e| {
-                    io_err(&target, "fsync", &self.tmp.join(&self.batch[i].name), e)
-                })?;
-            }
-            self.batch[i].file = None;
+            let path = self.tmp.join(&self.batch[i].name);
+            // Files are closed early only when the batch ends in a syncfs;
+            // should one be closed anyway, reopening still flushes its pages.
+            let f = match self.batch[i].file.take() {
+                Some(f) => f,
+                None => File::open(&path).map_err(|e| io_err(&target, "open", &path, e))?,
+            };
+            f.sync_all()
+                .map_err(|e| io_err(&target, "fsync", &path, e))?;
+            self.batch[i].needs_sync = false;
         }
         Ok(())
     }
@@ -371,6 +382,7 @@ impl Target for Maildir {
         self.batch.clear();
         let dir =
             File::open(&self.tmp).map_err(|e| io_err(&self.target(), "open", &self.tmp, e))?;
+        self.batch_syncfs = syncfs_is_reliable(&dir);
         self.batch_dir = Some(dir);
         self.synced = true;
         Ok(BatchMark { mbox_length: None })
@@ -445,14 +457,23 @@ impl Target for Maildir {
         let mut entry = Entry {
             name: name.clone(),
             file: Some(file),
+            needs_sync: true,
             published: false,
         };
-        if self.batch.iter().filter(|e| e.file.is_some()).count() >= MAX_OPEN_FILES
+        let unsynced = self.batch.iter().filter(|e| e.needs_sync).count();
+        if self.batch_syncfs && unsynced >= SYNCFS_MIN_FILES {
+            // The batch now ends in one syncfs, which reports writeback
+            // errors through the `tmp/` descriptor opened at begin_batch:
+            // no need to hold (or fsync) this file.
+            entry.file = None;
+        } else if unsynced >= MAX_OPEN_FILES
             && let Some(f) = entry.file.take()
-            && let Err(e) = f.sync_all()
         {
-            let _ = fs::remove_file(&path);
-            return Err(io_err(&target, "fsync", &path, e));
+            if let Err(e) = f.sync_all() {
+                let _ = fs::remove_file(&path);
+                return Err(io_err(&target, "fsync", &path, e));
+            }
+            entry.needs_sync = false;
         }
         self.batch.push(entry);
         Ok(StoredMessage {
@@ -533,6 +554,7 @@ impl Target for Maildir {
             }
         }
         self.batch_dir = None;
+        self.batch_syncfs = false;
         self.synced = true;
         first_err.map_or(Ok(()), Err)
     }

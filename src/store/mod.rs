@@ -200,25 +200,49 @@ impl Store {
         }
     }
 
+    /// Bookkeeping whose loss in a crash or power cut costs at worst a
+    /// re-download (pending rows, retired UIDs, skips, deletion marks after
+    /// QUIT) or a missing history row (runs, schedule): committed without
+    /// waiting for the disk. In WAL mode the log is written in order and the
+    /// next FULL commit (`journal`, `commit_delivered`) fsyncs it up to its
+    /// own frames, these included; so no relaxed commit can be lost while a
+    /// later durable one, and the DELE it allows, survives.
+    fn relaxed<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.err(e))?;
+        let out = f(self);
+        // Never leave the connection relaxed for the durable commits.
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.err(e))?;
+        out
+    }
+
     /// The account's id, created on first use.
     pub fn account(&mut self, name: &str, now: i64) -> Result<AccountId, StoreError> {
-        let found: Option<i64> = self
-            .conn
-            .query_row("SELECT id FROM account WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| self.err(e))?;
-        if let Some(id) = found {
-            return Ok(id);
-        }
-        self.conn
-            .execute(
-                "INSERT INTO account (name, created_at) VALUES (?1, ?2)",
-                params![name, now],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(self.conn.last_insert_rowid())
+        self.relaxed(|this| {
+            let found: Option<i64> = this
+                .conn
+                .query_row("SELECT id FROM account WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(|e| this.err(e))?;
+            if let Some(id) = found {
+                return Ok(id);
+            }
+            this.conn
+                .execute(
+                    "INSERT INTO account (name, created_at) VALUES (?1, ?2)",
+                    params![name, now],
+                )
+                .map_err(|e| this.err(e))?;
+            Ok(this.conn.last_insert_rowid())
+        })
     }
 
     pub fn find_account(&self, name: &str) -> Result<Option<AccountId>, StoreError> {
@@ -278,23 +302,25 @@ impl Store {
         new: &[(&str, u64)],
         now: i64,
     ) -> Result<(), StoreError> {
-        if new.is_empty() {
-            return Ok(());
-        }
-        let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO message (account_id, uid, first_seen, list_size, state)
-                     VALUES (?1, ?2, ?3, ?4, 'pending')",
-                )
-                .map_err(|e| err_at(&self.path, e))?;
-            for (uid, size) in new {
-                stmt.execute(params![account, uid, now, *size as i64])
-                    .map_err(|e| err_at(&self.path, e))?;
+        self.relaxed(|this| {
+            if new.is_empty() {
+                return Ok(());
             }
-        }
-        tx.commit().map_err(|e| err_at(&self.path, e))
+            let tx = this.conn.transaction().map_err(|e| err_at(&this.path, e))?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO message (account_id, uid, first_seen, list_size, state)
+                         VALUES (?1, ?2, ?3, ?4, 'pending')",
+                    )
+                    .map_err(|e| err_at(&this.path, e))?;
+                for (uid, size) in new {
+                    stmt.execute(params![account, uid, now, *size as i64])
+                        .map_err(|e| err_at(&this.path, e))?;
+                }
+            }
+            tx.commit().map_err(|e| err_at(&this.path, e))
+        })
     }
 
     /// After a complete, successful UIDL: UIDs no longer listed leave the
@@ -306,11 +332,7 @@ impl Store {
         now: i64,
     ) -> Result<usize, StoreError> {
         let live = self.live_messages(account)?;
-        let gone: Vec<&str> = live
-            .keys()
-            .map(String::as_str)
-            .filter(|u| !present.contains(u))
-            .collect();
+        let gone = missing_uids(&live, present);
         self.retire(account, &gone, now)?;
         Ok(gone.len())
     }
@@ -322,35 +344,35 @@ impl Store {
         gone: &[&str],
         now: i64,
     ) -> Result<(), StoreError> {
-        if gone.is_empty() {
-            return Ok(());
-        }
-        self.update_live(
-            "UPDATE message SET gone_at = ?3
-             WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
-            account,
-            gone,
-            now,
-        )
+        self.stamp_live("gone_at", account, gone, now)
     }
 
-    /// Runs `sql` (parameters: account, uid, now) once per UID, in one transaction.
-    fn update_live(
+    /// Sets `column = now` on these live UIDs, in one relaxed transaction.
+    fn stamp_live(
         &mut self,
-        sql: &str,
+        column: &'static str,
         account: AccountId,
         uids: &[&str],
         now: i64,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
-        {
-            let mut stmt = tx.prepare_cached(sql).map_err(|e| err_at(&self.path, e))?;
-            for uid in uids {
-                stmt.execute(params![account, uid, now])
-                    .map_err(|e| err_at(&self.path, e))?;
-            }
+        if uids.is_empty() {
+            return Ok(());
         }
-        tx.commit().map_err(|e| err_at(&self.path, e))
+        let sql = format!(
+            "UPDATE message SET {column} = ?3
+             WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL"
+        );
+        self.relaxed(|this| {
+            let tx = this.conn.transaction().map_err(|e| err_at(&this.path, e))?;
+            {
+                let mut stmt = tx.prepare_cached(&sql).map_err(|e| err_at(&this.path, e))?;
+                for uid in uids {
+                    stmt.execute(params![account, uid, now])
+                        .map_err(|e| err_at(&this.path, e))?;
+                }
+            }
+            tx.commit().map_err(|e| err_at(&this.path, e))
+        })
     }
 
     /// Journals a batch's start before the target writes anything.
@@ -537,14 +559,16 @@ impl Store {
         uid: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "UPDATE message SET state = 'skipped', skip_reason = ?3
-                 WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL AND state IN ('pending', 'skipped')",
-                params![account, uid, reason],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        self.relaxed(|this| {
+            this.conn
+                .execute(
+                    "UPDATE message SET state = 'skipped', skip_reason = ?3
+                     WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL AND state IN ('pending', 'skipped')",
+                    params![account, uid, reason],
+                )
+                .map_err(|e| this.err(e))?;
+            Ok(())
+        })
     }
 
     /// QUIT confirmed these deletions.
@@ -554,23 +578,19 @@ impl Store {
         uids: &[&str],
         now: i64,
     ) -> Result<(), StoreError> {
-        self.update_live(
-            "UPDATE message SET deleted_at = ?3
-             WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
-            account,
-            uids,
-            now,
-        )
+        self.stamp_live("deleted_at", account, uids, now)
     }
 
     pub fn start_run(&mut self, account: AccountId, now: i64) -> Result<RunId, StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO run (account_id, started_at) VALUES (?1, ?2)",
-                params![account, now],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(self.conn.last_insert_rowid())
+        self.relaxed(|this| {
+            this.conn
+                .execute(
+                    "INSERT INTO run (account_id, started_at) VALUES (?1, ?2)",
+                    params![account, now],
+                )
+                .map_err(|e| this.err(e))?;
+            Ok(this.conn.last_insert_rowid())
+        })
     }
 
     pub fn finish_run(
@@ -579,25 +599,27 @@ impl Store {
         record: &RunRecord,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "UPDATE run SET finished_at = ?2, outcome = ?3, on_server = ?4, new_messages = ?5,
-                     new_bytes = ?6, deleted = ?7, skipped = ?8, error = ?9
-                 WHERE id = ?1",
-                params![
-                    run,
-                    now,
-                    record.outcome,
-                    record.on_server.map(|n| n as i64),
-                    record.new_messages as i64,
-                    record.new_bytes as i64,
-                    record.deleted as i64,
-                    record.skipped as i64,
-                    record.error
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        self.relaxed(|this| {
+            this.conn
+                .execute(
+                    "UPDATE run SET finished_at = ?2, outcome = ?3, on_server = ?4, new_messages = ?5,
+                         new_bytes = ?6, deleted = ?7, skipped = ?8, error = ?9
+                     WHERE id = ?1",
+                    params![
+                        run,
+                        now,
+                        record.outcome,
+                        record.on_server.map(|n| n as i64),
+                        record.new_messages as i64,
+                        record.new_bytes as i64,
+                        record.deleted as i64,
+                        record.skipped as i64,
+                        record.error
+                    ],
+                )
+                .map_err(|e| this.err(e))?;
+            Ok(())
+        })
     }
 
     /// A running daemon records when it will poll `account` next.
@@ -608,14 +630,16 @@ impl Store {
         pid: u32,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO daemon_schedule (account, next_poll, pid, updated_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![account, next_poll, pid, now],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        self.relaxed(|this| {
+            this.conn
+                .execute(
+                    "INSERT OR REPLACE INTO daemon_schedule (account, next_poll, pid, updated_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![account, next_poll, pid, now],
+                )
+                .map_err(|e| this.err(e))?;
+            Ok(())
+        })
     }
 
     /// The daemon's next poll of `account` and the daemon's pid, if recorded.
@@ -634,6 +658,17 @@ impl Store {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// Live UIDs (from [`Store::live_messages`]) a complete listing no longer has.
+pub fn missing_uids<'a>(
+    live: &'a HashMap<String, KnownMessage>,
+    present: &std::collections::HashSet<&str>,
+) -> Vec<&'a str> {
+    live.keys()
+        .map(String::as_str)
+        .filter(|u| !present.contains(u))
+        .collect()
 }
 
 fn err_at(path: &Path, source: rusqlite::Error) -> StoreError {
