@@ -434,7 +434,35 @@ impl Store {
     }
 
     /// Commits delivered messages and clears the journal, in one transaction.
+    ///
+    /// `durable`: wait for the disk (a DELE will follow). Without it the
+    /// commit may be lost in a power cut, which costs nothing: the journal
+    /// it clears was committed durably, so recovery commits the batch again.
     pub fn commit_delivered(
+        &mut self,
+        account: AccountId,
+        target: &str,
+        items: &[(&str, &StoredMessage)],
+        now: i64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        if durable {
+            self.commit_delivered_tx(account, target, items, now)
+        } else {
+            self.relaxed(|this| this.commit_delivered_tx(account, target, items, now))
+        }
+    }
+
+    /// Makes every earlier commit durable, relaxed ones included: a WAL
+    /// checkpoint syncs the log first. Called before DELEs that rest on
+    /// commits of earlier runs.
+    pub fn flush_to_disk(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
+    }
+
+    fn commit_delivered_tx(
         &mut self,
         account: AccountId,
         target: &str,

@@ -255,7 +255,7 @@ mod tests {
         let a = s.account("alice", 1).unwrap();
         s.add_pending(a, &[("p", 5), ("k", 6)], 1).unwrap();
         s.mark_skipped(a, "k", "larger than max_size").unwrap();
-        s.commit_delivered(a, "maildir /m", &[("d", &stored("n1"))], 2)
+        s.commit_delivered(a, "maildir /m", &[("d", &stored("n1"))], 2, true)
             .unwrap();
         let c = s
             .mark_seen(a, &[("p", 5), ("k", 6), ("d", 1), ("new", 9)], 3)

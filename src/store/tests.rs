@@ -47,7 +47,7 @@ fn pending_then_delivered_then_gone() {
     assert_eq!(journal.intents.len(), 1);
     assert_eq!(journal.intents[0].stored, m);
     store
-        .commit_delivered(acct, "maildir /m", &[("u1", &m)], 120)
+        .commit_delivered(acct, "maildir /m", &[("u1", &m)], 120, true)
         .unwrap();
     assert!(store.pending_journal(acct).unwrap().is_empty());
     let live = store.live_messages(acct).unwrap();

@@ -68,6 +68,11 @@ impl Fetcher<'_> {
         let wanted = &plan.fetch;
         let progress = self.progress_bar(wanted);
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        if !plan.delete.is_empty() {
+            // These DELEs rest on commits of earlier runs, some perhaps
+            // relaxed: make sure they are on disk first.
+            with_store(self.store, |s| s.flush_to_disk())?;
+        }
         let mut deletes: VecDeque<(u32, String)> = plan.delete.iter().cloned().collect();
         let mut deleted = Vec::new();
         let mut batch = Batch::default();
@@ -280,8 +285,11 @@ impl Fetcher<'_> {
         // recovery commits what reached its place; nothing is undone here.
         let target = &mut *self.target;
         blocking(|| target.publish_batch())?;
+        // Durable only when DELEs of this batch follow; otherwise the
+        // journal already guarantees recovery (see commit_delivered).
+        let durable = self.delete_after_commit;
         with_store(store, |s| {
-            s.commit_delivered(acct, target_desc, &items, now)
+            s.commit_delivered(acct, target_desc, &items, now, durable)
         })?;
 
         let committed: Vec<(u32, String)> = batch

@@ -430,7 +430,9 @@ fn recover(
         .map(|(i, _)| (i.uid.as_str(), &i.stored))
         .collect();
     report.recovered = committed.len() as u64;
-    with_store(store, |s| s.commit_delivered(acct, &desc, &committed, now))?;
+    with_store(store, |s| {
+        s.commit_delivered(acct, &desc, &committed, now, true)
+    })?;
     tracing::info!(
         account = %report.account,
         recovered = committed.len(),
