@@ -501,10 +501,7 @@ impl Store {
                     insert.execute(args).map_err(|e| err_at(&self.path, e))?;
                 }
             }
-            tx.execute("DELETE FROM intent WHERE account_id = ?1", [account])
-                .map_err(|e| err_at(&self.path, e))?;
-            tx.execute("DELETE FROM batch_mark WHERE account_id = ?1", [account])
-                .map_err(|e| err_at(&self.path, e))?;
+            drop_journal(&tx, account).map_err(|e| err_at(&self.path, e))?;
         }
         tx.commit().map_err(|e| err_at(&self.path, e))
     }
@@ -573,10 +570,7 @@ impl Store {
 
     pub fn clear_journal(&mut self, account: AccountId) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
-        tx.execute("DELETE FROM intent WHERE account_id = ?1", [account])
-            .map_err(|e| err_at(&self.path, e))?;
-        tx.execute("DELETE FROM batch_mark WHERE account_id = ?1", [account])
-            .map_err(|e| err_at(&self.path, e))?;
+        drop_journal(&tx, account).map_err(|e| err_at(&self.path, e))?;
         tx.commit().map_err(|e| err_at(&self.path, e))
     }
 
@@ -697,6 +691,13 @@ pub fn missing_uids<'a>(
         .map(String::as_str)
         .filter(|u| !present.contains(u))
         .collect()
+}
+
+/// Removes an account's journal (intents and batch mark) inside `tx`.
+fn drop_journal(tx: &rusqlite::Transaction<'_>, account: AccountId) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM intent WHERE account_id = ?1", [account])?;
+    tx.execute("DELETE FROM batch_mark WHERE account_id = ?1", [account])?;
+    Ok(())
 }
 
 fn err_at(path: &Path, source: rusqlite::Error) -> StoreError {
