@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Account, Config};
 use crate::session::TraceSink;
 use crate::store::Store;
-use crate::sync::{LockError, SyncError, SyncOptions, sync_account};
+use crate::sync::{FailureKind, SyncError, SyncOptions, sync_account};
 
 use super::exit::{Exit, Failure};
 
@@ -64,14 +64,13 @@ pub async fn run(config: &Config, accounts: Vec<&Account>, args: Args) -> Result
 }
 
 pub fn exit_for(e: &SyncError) -> Exit {
-    match e {
-        SyncError::Config(_) => Exit::Config,
-        SyncError::Session(e) => Exit::for_session(e),
-        SyncError::Store(e) => Exit::for_store(e),
-        SyncError::Deliver(e) if e.is_transient() => Exit::Temporary,
-        SyncError::Deliver(_) => Exit::Delivery,
-        SyncError::Lock(LockError::Held { .. }) => Exit::Locked,
-        SyncError::Lock(_) => Exit::Delivery,
-        SyncError::Plan(_) => Exit::Protocol,
+    match e.kind() {
+        FailureKind::Config => Exit::Config,
+        FailureKind::Tls => Exit::Tls,
+        FailureKind::Auth => Exit::Auth,
+        FailureKind::Temporary => Exit::Temporary,
+        FailureKind::Protocol => Exit::Protocol,
+        FailureKind::Delivery => Exit::Delivery,
+        FailureKind::Locked => Exit::Locked,
     }
 }

@@ -106,17 +106,53 @@ impl SyncError {
         }
     }
 
+    /// What kind of failure this is: the one classification behind the
+    /// `run` table's outcome word and the CLI's exit code.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            SyncError::Config(_) => FailureKind::Config,
+            SyncError::Session(e) if e.is_tls() => FailureKind::Tls,
+            SyncError::Session(e) if e.is_auth() => FailureKind::Auth,
+            SyncError::Session(e) if e.is_transient() => FailureKind::Temporary,
+            SyncError::Session(_) | SyncError::Plan(_) => FailureKind::Protocol,
+            SyncError::Store(StoreError::Busy { .. }) => FailureKind::Temporary,
+            SyncError::Deliver(e) if e.is_transient() => FailureKind::Temporary,
+            SyncError::Deliver(_) | SyncError::Store(_) => FailureKind::Delivery,
+            SyncError::Lock(LockError::Held { .. }) => FailureKind::Locked,
+            SyncError::Lock(_) => FailureKind::Delivery,
+        }
+    }
+
     /// The short outcome word stored in the `run` table.
     pub fn outcome(&self) -> &'static str {
+        self.kind().as_str()
+    }
+}
+
+/// How a run failed, coarsely: what a script or the user acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Config,
+    Tls,
+    Auth,
+    /// Try again later: network, a busy server, a lock held elsewhere.
+    Temporary,
+    Protocol,
+    Delivery,
+    /// Another popsync holds the account.
+    Locked,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
         match self {
-            SyncError::Config(_) => "config",
-            SyncError::Session(e) if e.is_tls() => "tls",
-            SyncError::Session(e) if e.is_auth() => "auth",
-            SyncError::Session(e) if e.is_transient() => "temporary",
-            SyncError::Session(_) | SyncError::Plan(_) => "protocol",
-            SyncError::Deliver(_) | SyncError::Store(_) => "delivery",
-            SyncError::Lock(LockError::Held { .. }) => "locked",
-            SyncError::Lock(_) => "delivery",
+            FailureKind::Config => "config",
+            FailureKind::Tls => "tls",
+            FailureKind::Auth => "auth",
+            FailureKind::Temporary => "temporary",
+            FailureKind::Protocol => "protocol",
+            FailureKind::Delivery => "delivery",
+            FailureKind::Locked => "locked",
         }
     }
 }
