@@ -688,12 +688,11 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     cvt_retry(|| unsafe { libc::rename(f.as_ptr(), t.as_ptr()) }).map(|_| ())
 }
 
-/// `syncfs` flushes a whole filesystem once, but it only reports writeback
-/// errors since Linux 5.8, and only filesystems with a real `sync_fs` make
-/// the data durable; elsewhere we fsync file by file.
-fn syncfs_is_reliable(dir: &File) -> bool {
-    #[cfg(target_os = "linux")]
-    {
+/// Linux >= 5.8; the kernel does not change under us, so ask once.
+#[cfg(target_os = "linux")]
+fn kernel_reports_syncfs_errors() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
         let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
         if unsafe { libc::uname(&mut uts) } != 0 {
             return false;
@@ -708,7 +707,17 @@ fn syncfs_is_reliable(dir: &File) -> bool {
         let mut parts = rel.split(|c: char| !c.is_ascii_digit());
         let major: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         let minor: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        if (major, minor) < (5, 8) {
+        (major, minor) >= (5, 8)
+    })
+}
+
+/// `syncfs` flushes a whole filesystem once, but it only reports writeback
+/// errors since Linux 5.8, and only filesystems with a real `sync_fs` make
+/// the data durable; elsewhere we fsync file by file.
+fn syncfs_is_reliable(dir: &File) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        if !kernel_reports_syncfs_errors() {
             return false;
         }
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };

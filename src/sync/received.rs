@@ -12,11 +12,13 @@ pub fn header(host: &str, user: &str, uid: &str, now: i64) -> Vec<u8> {
             .take(200)
             .collect()
     };
-    let local = gethostname::gethostname().to_string_lossy().into_owned();
+    // Asked once per process, not once per message.
+    static LOCAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let local = LOCAL.get_or_init(|| gethostname::gethostname().to_string_lossy().into_owned());
     format!(
         "Received: from {} by {} with POP3 (popsync {}) id {} for <{}>; {}\n",
         clean(host),
-        clean(&local),
+        clean(local),
         env!("CARGO_PKG_VERSION"),
         clean(uid),
         clean(user),
