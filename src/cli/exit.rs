@@ -1,6 +1,7 @@
 //! Exit codes: distinct per kind of failure, so scripts and systemd can act.
 
 use crate::session::SessionError;
+use crate::sync::FailureKind;
 
 /// Documented in README ("Exit codes"). Never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,14 +35,18 @@ impl Exit {
 
     /// How a session failure maps to an exit code.
     pub fn for_session(err: &SessionError) -> Exit {
-        if err.is_tls() {
-            Exit::Tls
-        } else if err.is_auth() {
-            Exit::Auth
-        } else if err.is_transient() {
-            Exit::Temporary
-        } else {
-            Exit::Protocol
+        Exit::for_kind(FailureKind::of_session(err))
+    }
+
+    pub fn for_kind(kind: FailureKind) -> Exit {
+        match kind {
+            FailureKind::Config => Exit::Config,
+            FailureKind::Tls => Exit::Tls,
+            FailureKind::Auth => Exit::Auth,
+            FailureKind::Temporary => Exit::Temporary,
+            FailureKind::Protocol => Exit::Protocol,
+            FailureKind::Delivery => Exit::Delivery,
+            FailureKind::Locked => Exit::Locked,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Account, Config};
 use crate::session::TraceSink;
 use crate::store::Store;
-use crate::sync::{FailureKind, SyncError, SyncOptions, sync_account};
+use crate::sync::{SyncError, SyncOptions, sync_account};
 
 use super::exit::{Exit, Failure};
 
@@ -64,13 +64,5 @@ pub async fn run(config: &Config, accounts: Vec<&Account>, args: Args) -> Result
 }
 
 pub fn exit_for(e: &SyncError) -> Exit {
-    match e.kind() {
-        FailureKind::Config => Exit::Config,
-        FailureKind::Tls => Exit::Tls,
-        FailureKind::Auth => Exit::Auth,
-        FailureKind::Temporary => Exit::Temporary,
-        FailureKind::Protocol => Exit::Protocol,
-        FailureKind::Delivery => Exit::Delivery,
-        FailureKind::Locked => Exit::Locked,
-    }
+    Exit::for_kind(e.kind())
 }

@@ -111,10 +111,8 @@ impl SyncError {
     pub fn kind(&self) -> FailureKind {
         match self {
             SyncError::Config(_) => FailureKind::Config,
-            SyncError::Session(e) if e.is_tls() => FailureKind::Tls,
-            SyncError::Session(e) if e.is_auth() => FailureKind::Auth,
-            SyncError::Session(e) if e.is_transient() => FailureKind::Temporary,
-            SyncError::Session(_) | SyncError::Plan(_) => FailureKind::Protocol,
+            SyncError::Session(e) => FailureKind::of_session(e),
+            SyncError::Plan(_) => FailureKind::Protocol,
             SyncError::Store(StoreError::Busy { .. }) => FailureKind::Temporary,
             SyncError::Deliver(e) if e.is_transient() => FailureKind::Temporary,
             SyncError::Deliver(_) | SyncError::Store(_) => FailureKind::Delivery,
@@ -144,6 +142,18 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    pub fn of_session(e: &SessionError) -> FailureKind {
+        if e.is_tls() {
+            FailureKind::Tls
+        } else if e.is_auth() {
+            FailureKind::Auth
+        } else if e.is_transient() {
+            FailureKind::Temporary
+        } else {
+            FailureKind::Protocol
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Config => "config",
