@@ -15,7 +15,9 @@ pub mod sasl;
 pub use command::{Command, CommandError};
 pub use listing::{Capabilities, ListEntry, Stat, Uid, UidError, UidlEntry};
 pub use multiline::{Decoded, MultilineDecoder};
-pub use response::{MAX_STATUS_LINE, ResponseCode, Status, StatusLine, find_status_line};
+pub use response::{
+    MAX_STATUS_LINE, ResponseCode, Status, StatusLine, begins_with_status, find_status_line,
+};
 
 /// A malformed response from the server.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,6 +18,32 @@ pub fn find_status_line(buf: &[u8], limit: usize) -> Result<Option<usize>, Proto
     }
 }
 
+/// Whether the bytes that follow a multi-line terminator begin with a
+/// `+OK`/`-ERR` status line, i.e. whether the stream is still in step.
+/// `None`: too few bytes to tell. A server that forgot to stuff a lone `.`
+/// line shows itself here: the rest of the message arrives instead.
+pub fn begins_with_status(buf: &[u8]) -> Option<bool> {
+    let window = &buf[..buf.len().min(MAX_STATUS_LINE)];
+    if let Some(i) = memchr::memchr(b'\n', window) {
+        let in_step = StatusLine::parse(&window[..=i])
+            .is_ok_and(|line| matches!(line.status, Status::Ok | Status::Err));
+        return Some(in_step);
+    }
+    if buf.len() >= MAX_STATUS_LINE {
+        return Some(false);
+    }
+    // Decide early when the start already cannot be a status keyword.
+    let could_be = |keyword: &[u8]| {
+        let n = buf.len().min(keyword.len());
+        buf[..n].eq_ignore_ascii_case(&keyword[..n])
+    };
+    if could_be(b"+OK") || could_be(b"-ERR") {
+        None
+    } else {
+        Some(false)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Ok,
@@ -154,6 +180,27 @@ fn strip_prefix_ci<'a>(line: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_step_means_a_status_line_follows() {
+        assert_eq!(begins_with_status(b"+OK 2 octets\r\n"), Some(true));
+        assert_eq!(
+            begins_with_status(b"-ERR no such message\r\nrest"),
+            Some(true)
+        );
+        assert_eq!(begins_with_status(b"+ok\r\n"), Some(true));
+        assert_eq!(begins_with_status(b""), None);
+        assert_eq!(begins_with_status(b"+O"), None);
+        assert_eq!(begins_with_status(b"-ERR partial"), None);
+        // The rest of a message cut short by an unstuffed lone dot.
+        assert_eq!(begins_with_status(b"after the dot\r\n"), Some(false));
+        assert_eq!(begins_with_status(b"\r\n"), Some(false));
+        assert_eq!(begins_with_status(b"a"), Some(false));
+        assert_eq!(begins_with_status(b"+OKAY\r\n"), Some(false));
+        // A SASL continuation is no answer to RETR or NOOP.
+        assert_eq!(begins_with_status(b"+ \r\n"), Some(false));
+        assert_eq!(begins_with_status(&[b'-'; MAX_STATUS_LINE]), Some(false));
+    }
 
     #[test]
     fn ok_and_err_with_and_without_text() {

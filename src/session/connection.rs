@@ -12,7 +12,9 @@ use tokio_rustls::client::TlsStream;
 
 use super::SessionError;
 use super::trace::Trace;
-use crate::pop3::{Command, MAX_STATUS_LINE, MultilineDecoder, StatusLine, find_status_line};
+use crate::pop3::{
+    Command, MAX_STATUS_LINE, MultilineDecoder, StatusLine, begins_with_status, find_status_line,
+};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -199,6 +201,17 @@ impl Connection {
                 self.rpos += len;
                 self.trace.server(&line);
                 return Ok(line);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Waits until the next response has begun and says whether it is a
+    /// status line, without consuming it.
+    pub(crate) async fn next_is_status(&mut self) -> Result<bool, SessionError> {
+        loop {
+            if let Some(in_step) = begins_with_status(&self.rbuf[self.rpos..]) {
+                return Ok(in_step);
             }
             self.fill().await?;
         }

@@ -51,6 +51,12 @@ pub enum SessionError {
     Encode(#[from] CommandError),
     #[error("multi-line response exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    /// What followed a message's terminator was not a status line: the
+    /// server ended the message early (an unstuffed lone `.` line).
+    #[error(
+        "message {msg} (UID {uid}) looks truncated: after its end the server sent more data, not a status line (a lone \".\" line it did not stuff?); it was not stored and nothing was deleted"
+    )]
+    OutOfStep { msg: u32, uid: String },
 }
 
 impl SessionError {

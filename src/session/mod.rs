@@ -214,6 +214,12 @@ impl Session {
         }
     }
 
+    /// After a multi-line body: is the next thing on the wire a status line
+    /// (the stream in step)? A command must be in flight.
+    pub async fn next_is_status(&mut self) -> Result<bool, SessionError> {
+        self.conn.next_is_status().await
+    }
+
     /// Reads a multi-line body into `sink`; see [`BodyError`].
     pub async fn read_body<E>(
         &mut self,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::config::Account;
 use crate::deliver::{MessageMeta, StoredMessage, Target};
-use crate::pop3::{Command, sanitize};
+use crate::pop3::Command;
 use crate::session::{BodyError, Session, SessionError};
 use crate::store::AccountId;
 
@@ -31,6 +31,38 @@ fn body_limit(list_size: u64) -> u64 {
 enum InFlight {
     Retr(usize),
     Dele(u32, String),
+    /// Confirms that the stream is in step after the last RETR sent.
+    Noop,
+}
+
+/// Commands still to send and those sent but not yet answered.
+struct Queue<'w> {
+    wanted: &'w [Wanted],
+    /// Index in `wanted` of the next RETR to send.
+    next: usize,
+    depth: usize,
+    deletes: VecDeque<(u32, String)>,
+    in_flight: VecDeque<InFlight>,
+}
+
+impl Queue<'_> {
+    /// Queues DELEs first, then RETRs (none when `stopping`), up to `depth`
+    /// commands in flight.
+    fn fill(&mut self, session: &mut Session, stopping: bool) -> Result<(), SessionError> {
+        while self.in_flight.len() < self.depth {
+            if let Some((msg, uid)) = self.deletes.pop_front() {
+                session.queue(&Command::Dele(msg))?;
+                self.in_flight.push_back(InFlight::Dele(msg, uid));
+            } else if self.next < self.wanted.len() && !stopping {
+                session.queue(&Command::Retr(self.wanted[self.next].msg))?;
+                self.in_flight.push_back(InFlight::Retr(self.next));
+                self.next += 1;
+            } else {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Messages of the batch in progress.
@@ -53,6 +85,27 @@ pub(super) struct Fetcher<'a> {
     pub report: &'a mut AccountReport,
     pub run_id: i64,
     pub delete_after_commit: bool,
+    pub list_sizes: ListSizes,
+}
+
+/// How many fetched messages had another size than LIST announced.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct ListSizes {
+    pub fetched: u64,
+    pub differ: u64,
+}
+
+/// `3000` as `3,000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl Fetcher<'_> {
@@ -67,39 +120,44 @@ impl Fetcher<'_> {
         };
         let wanted = &plan.fetch;
         let progress = self.progress_bar(wanted);
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         if !plan.delete.is_empty() {
             // These DELEs rest on commits of earlier runs, some perhaps
             // relaxed: make sure they are on disk first.
             with_store(self.store, |s| s.flush_to_disk())?;
         }
-        let mut deletes: VecDeque<(u32, String)> = plan.delete.iter().cloned().collect();
+        let mut queue = Queue {
+            wanted,
+            next: 0,
+            depth,
+            deletes: plan.delete.iter().cloned().collect(),
+            in_flight: VecDeque::new(),
+        };
         let mut deleted = Vec::new();
         let mut batch = Batch::default();
-        let mut next = 0;
         let target_desc = self.target.describe();
 
         loop {
             // A stop request: send no further RETR; what is in flight is
             // read, its batch closed and committed, then the caller QUITs.
-            let stopping = self.opts.stop_requested();
-            while in_flight.len() < depth {
-                if let Some((msg, uid)) = deletes.pop_front() {
-                    self.session.queue(&Command::Dele(msg))?;
-                    in_flight.push_back(InFlight::Dele(msg, uid));
-                } else if next < wanted.len() && !stopping {
-                    self.session.queue(&Command::Retr(wanted[next].msg))?;
-                    in_flight.push_back(InFlight::Retr(next));
-                    next += 1;
-                } else {
-                    break;
-                }
+            queue.fill(self.session, self.opts.stop_requested())?;
+            if self.session.can_pipeline()
+                && queue.in_flight.len() < depth
+                && matches!(queue.in_flight.back(), Some(InFlight::Retr(_)))
+            {
+                // The last RETR of the window: a NOOP behind it shows that
+                // the message really ended where its terminator was.
+                self.session.queue(&Command::Noop)?;
+                queue.in_flight.push_back(InFlight::Noop);
             }
             self.session.flush().await?;
-            let Some(item) = in_flight.pop_front() else {
+            let Some(item) = queue.in_flight.pop_front() else {
                 break;
             };
             match item {
+                InFlight::Noop => {
+                    // In step whatever it says; the step was checked.
+                    self.session.read_status().await?;
+                }
                 InFlight::Dele(msg, uid) => {
                     let line = self.session.read_status().await?;
                     if line.is_ok() {
@@ -113,7 +171,7 @@ impl Fetcher<'_> {
                 }
                 InFlight::Retr(index) => {
                     let want = &wanted[index];
-                    let result = self.retrieve(want, &mut batch).await;
+                    let result = self.retrieve(want, &mut batch, &mut queue).await;
                     if let Err(e) = result {
                         self.end_batch_after(&e, &mut batch, &target_desc).await;
                         return Err(e);
@@ -121,33 +179,43 @@ impl Fetcher<'_> {
                     if let Some(bar) = &progress {
                         bar.inc(want.size.max(1));
                     }
-                    let more = (next < wanted.len() && !self.opts.stop_requested())
-                        || in_flight.iter().any(|f| matches!(f, InFlight::Retr(_)));
+                    let more = (queue.next < wanted.len() && !self.opts.stop_requested())
+                        || queue
+                            .in_flight
+                            .iter()
+                            .any(|f| matches!(f, InFlight::Retr(_)));
                     if !batch.items.is_empty() && (!more || self.batch_full(&batch)) {
                         let committed = self.close_batch(&mut batch, &target_desc).await?;
                         if self.delete_after_commit {
-                            deletes.extend(committed);
+                            queue.deletes.extend(committed);
                         }
                     }
                 }
             }
         }
+        self.report_list_sizes();
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
-        if next < wanted.len() {
+        if queue.next < wanted.len() {
             tracing::info!(
                 account = %self.account.name,
-                left = wanted.len() - next,
+                left = wanted.len() - queue.next,
                 "stopping as asked; the rest is fetched on the next run"
             );
         }
         Ok(deleted)
     }
 
-    /// RETR one message into the target; a server-side refusal or a
-    /// truncated message is skipped with a warning, not fatal.
-    async fn retrieve(&mut self, want: &Wanted, batch: &mut Batch) -> Result<(), SyncError> {
+    /// RETR one message into the target; a server-side refusal is skipped
+    /// with a warning, not fatal. LIST sizes are advisory: a message is
+    /// complete when its terminator arrived and a status line follows it.
+    async fn retrieve(
+        &mut self,
+        want: &Wanted,
+        batch: &mut Batch,
+        queue: &mut Queue<'_>,
+    ) -> Result<(), SyncError> {
         let line = self.session.read_status().await?;
         let uid_shown = want.uid.as_deref().unwrap_or("-");
         if !line.is_ok() {
@@ -218,28 +286,13 @@ impl Fetcher<'_> {
                 return Err(e.into());
             }
         };
-        // RFC 1939: LIST gives the exact size. Less on the wire than promised
-        // means the server ended the message early (an unstuffed lone dot):
-        // keep it on the server rather than store a torn copy.
-        if stats.crlf_size() < want.size {
+        if let Err(e) = self.confirm_in_step(want, queue).await {
             self.target.abort_message();
-            self.report.skipped += 1;
-            let reason = format!(
-                "received {} of the {} bytes LIST announced (truncated by the server?)",
-                stats.crlf_size(),
-                want.size
-            );
-            self.report.warn(format!(
-                "message {} (UID {uid_shown}) left on the server: {reason}",
-                want.msg
-            ));
-            if let Some(uid) = &want.uid {
-                let (store, acct) = (self.store, self.acct);
-                with_store(store, |s| {
-                    s.mark_skipped(acct, uid, &sanitize(reason.as_bytes(), 200))
-                })?;
-            }
-            return Ok(());
+            return Err(e);
+        }
+        self.list_sizes.fetched += 1;
+        if stats.crlf_size() != want.size {
+            self.list_sizes.differ += 1;
         }
         let stored = self.target.end_message()?;
         batch.bytes += stored.size;
@@ -250,6 +303,51 @@ impl Fetcher<'_> {
         batch.items.push((uid, stored, want.msg));
         keep_newest(&mut batch.headers, capture.take());
         Ok(())
+    }
+
+    /// Whether the message just read really ended at its terminator: the
+    /// next thing on the wire must be a status line. Lock-step servers get
+    /// the next command now (or a NOOP at the end), so the check costs no
+    /// extra round trip mid-mailbox.
+    async fn confirm_in_step(
+        &mut self,
+        want: &Wanted,
+        queue: &mut Queue<'_>,
+    ) -> Result<(), SyncError> {
+        if queue.in_flight.is_empty() {
+            queue.fill(self.session, self.opts.stop_requested())?;
+            if queue.in_flight.is_empty() {
+                self.session.queue(&Command::Noop)?;
+                queue.in_flight.push_back(InFlight::Noop);
+            }
+            self.session.flush().await?;
+        }
+        if self.session.next_is_status().await? {
+            return Ok(());
+        }
+        let uid = want.uid.clone().unwrap_or_else(|| "-".to_string());
+        if let Some(uid) = &want.uid {
+            // Fetched after all others next run, so it cannot starve them.
+            let reason =
+                "truncated by the server: data followed its end (an unstuffed lone \".\"?)";
+            let (store, acct) = (self.store, self.acct);
+            with_store(store, |s| s.mark_skipped(acct, uid, reason))?;
+        }
+        Err(SessionError::OutOfStep { msg: want.msg, uid }.into())
+    }
+
+    /// One line per run, not one per message: approximate sizes are common
+    /// (stuffed counts, rounding) and harmless now.
+    fn report_list_sizes(&self) {
+        let ListSizes { fetched, differ } = self.list_sizes;
+        if differ > 0 {
+            tracing::info!(
+                account = %self.account.name,
+                "LIST sizes on this server are approximate: {} of {} differ",
+                thousands(differ),
+                thousands(fetched)
+            );
+        }
     }
 
     fn batch_full(&self, batch: &Batch) -> bool {
@@ -361,7 +459,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(3000), "3,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
     fn body_limit_follows_list_size_within_bounds() {
+        // LIST = 0 or rounded sizes must not stop an ordinary message.
+        assert!(body_limit(0) >= 10 * 1024);
+        assert!(body_limit(1024) >= 2 * 1024 + 1023);
         assert_eq!(body_limit(0), 1024 * 1024);
         assert_eq!(body_limit(1000), 2000 + 1024 * 1024);
         assert_eq!(body_limit(u64::MAX), MAX_MESSAGE);

@@ -418,6 +418,7 @@ async fn run(
         report,
         run_id: run_id.unwrap_or_default(),
         delete_after_commit: plan::delete_after_commit(policy),
+        list_sizes: fetch::ListSizes::default(),
     };
     let deleted = fetcher.run(&plan).await?;
 

@@ -48,6 +48,8 @@ pub struct Faults {
     pub endless_list: bool,
     /// Added to every size LIST reports (lies).
     pub list_size_delta: i64,
+    /// How LIST counts a message's size (real servers differ).
+    pub list_sizing: ListSizing,
     /// Line ends on the wire are bare LF (sizes counted with LF).
     pub bare_lf: bool,
     /// Lines starting with `.` are not stuffed (a lone `.` line truncates).
@@ -65,6 +67,20 @@ pub struct Faults {
     pub drop_on_quit: bool,
     /// On QUIT: answer -ERR and apply no deletions.
     pub quit_err: bool,
+}
+
+/// How the server computes the sizes LIST (and STAT) announce.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListSizing {
+    /// RFC 1939: octets with CRLF line ends, before stuffing.
+    #[default]
+    Exact,
+    /// The dot-stuffed octets it sends (a few more for `.` lines).
+    Stuffed,
+    /// Rounded up to whole KiB, like HP OpenMail.
+    RoundedToKib,
+    /// Always 0.
+    Zero,
 }
 
 struct Shared {
@@ -215,7 +231,15 @@ async fn session(mut tcp: TcpStream, shared: &Arc<Mutex<Shared>>) -> std::io::Re
     let mut deleted = vec![false; snapshot.len()];
     let eol = if faults.bare_lf { 1 } else { 2 };
     let size_of = |i: usize| {
-        (wire_size(&snapshot[i].body, eol) as i64 + faults.list_size_delta).max(0) as u64
+        let body = &snapshot[i].body;
+        let size = match faults.list_sizing {
+            ListSizing::Exact => wire_size(body, eol),
+            // The response without its terminator line.
+            ListSizing::Stuffed => encode_body(body, &faults).len() as u64 - 1 - eol as u64,
+            ListSizing::RoundedToKib => wire_size(body, eol).div_ceil(1024) * 1024,
+            ListSizing::Zero => 0,
+        };
+        (size as i64 + faults.list_size_delta).max(0) as u64
     };
     let greeting = faults
         .greeting
