@@ -50,6 +50,9 @@ pub enum Commands {
     Probe {
         /// Account name (the NAME of [account.NAME])
         account: String,
+        /// Only show the server's certificate, unverified, and stop before login
+        #[arg(long)]
+        insecure_show_cert: bool,
     },
     /// Fetch new mail of the named accounts (all if none) into their targets
     Sync {
@@ -148,9 +151,16 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         .trace
         .then(|| Arc::new(|line: &str| eprintln!("{line}")) as TraceSink);
     match &cli.command {
-        Commands::Probe { account } => {
+        Commands::Probe {
+            account,
+            insecure_show_cert,
+        } => {
             let account = config.account(account)?;
-            let report = probe::run(account, trace).await?;
+            let report = if *insecure_show_cert {
+                probe::show_cert(account, trace).await?
+            } else {
+                probe::run(account, trace).await?
+            };
             print!("{report}");
             Ok(Exit::Ok)
         }

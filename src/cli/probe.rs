@@ -7,6 +7,51 @@ use crate::session::{Session, TraceSink, tls::format_fingerprint};
 
 use super::exit::{Exit, Failure};
 
+/// `probe --insecure-show-cert`: the certificate of a server popsync may not
+/// be able to verify, shown before any login (like mpop --serverinfo).
+pub async fn show_cert(account: &Account, trace: Option<TraceSink>) -> Result<String, Failure> {
+    let opts = crate::sync::connect_options(account, trace);
+    let cert = crate::session::show_certificate(&opts).await.map_err(|e| {
+        Failure::new(
+            Exit::for_session(&e),
+            format!("account `{}`: {e}", account.name),
+        )
+    })?;
+    let mut out = header(account);
+    let _ = writeln!(out, "certificate   {} (NOT verified)", cert.subject);
+    let _ = writeln!(out, "issuer        {}", cert.issuer);
+    let _ = writeln!(
+        out,
+        "valid         {} to {}",
+        cert.not_before, cert.not_after
+    );
+    let _ = writeln!(
+        out,
+        "fingerprint   {}",
+        format_fingerprint(&cert.fingerprint)
+    );
+    let _ = writeln!(
+        out,
+        "to trust it   fingerprint = \"{}\"  (only after checking it with the server's administrator)",
+        format_fingerprint(&cert.fingerprint)
+    );
+    Ok(out)
+}
+
+/// The lines every probe starts with: which account, which server.
+fn header(account: &Account) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "account       {}", account.name);
+    let _ = writeln!(
+        out,
+        "server        {}:{} (tls = {})",
+        account.host,
+        account.port,
+        super::tls_name(account.tls)
+    );
+    out
+}
+
 pub async fn run(account: &Account, trace: Option<TraceSink>) -> Result<String, Failure> {
     let session_err = |e: crate::session::SessionError| {
         Failure::new(
@@ -18,15 +63,7 @@ pub async fn run(account: &Account, trace: Option<TraceSink>) -> Result<String, 
     let creds = crate::sync::credentials(account)?;
     let mut session = Session::connect(&opts).await.map_err(session_err)?;
 
-    let mut out = String::new();
-    let _ = writeln!(out, "account       {}", account.name);
-    let _ = writeln!(
-        out,
-        "server        {}:{} (tls = {})",
-        account.host,
-        account.port,
-        super::tls_name(account.tls)
-    );
+    let mut out = header(account);
     let _ = writeln!(out, "greeting      +OK {}", session.greeting().describe());
     match session.tls_info() {
         Some(tls) => {

@@ -73,18 +73,11 @@ impl Session {
     /// and the capabilities. Nothing secret has been sent when this returns.
     pub async fn connect(opts: &ConnectOptions) -> Result<Session, SessionError> {
         let trace = Trace::new(opts.trace.clone());
-        let addr = format!("{}:{}", opts.host, opts.port);
-        trace.note(&format!("connecting to {addr} (tls = {:?})", opts.tls));
-        let tcp = with_timeout(
-            "connect",
-            opts.connect_timeout,
-            TcpStream::connect((opts.host.as_str(), opts.port)),
-        )
-        .await?
-        .map_err(|source| SessionError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+        trace.note(&format!(
+            "connecting to {}:{} (tls = {:?})",
+            opts.host, opts.port, opts.tls
+        ));
+        let tcp = tcp_connect(opts).await?;
         let _ = tcp.set_nodelay(true);
 
         let stream = match opts.tls {
@@ -281,11 +274,77 @@ impl Session {
     }
 }
 
+async fn tcp_connect(opts: &ConnectOptions) -> Result<TcpStream, SessionError> {
+    with_timeout(
+        "connect",
+        opts.connect_timeout,
+        TcpStream::connect((opts.host.as_str(), opts.port)),
+    )
+    .await?
+    .map_err(|source| SessionError::Connect {
+        addr: format!("{}:{}", opts.host, opts.port),
+        source,
+    })
+}
+
+/// Connects and completes the TLS handshake (implicit or after STLS)
+/// accepting any certificate, and returns the server's certificate. Sends
+/// no credential and nothing after the handshake: for showing a server's
+/// certificate that cannot be verified (`probe --insecure-show-cert`).
+pub async fn show_certificate(opts: &ConnectOptions) -> Result<tls::CertSummary, SessionError> {
+    let trace = Trace::new(opts.trace.clone());
+    let tcp = match opts.tls {
+        TlsMode::Implicit => tcp_connect(opts).await?,
+        TlsMode::None => {
+            return Err(SessionError::TlsConfig(
+                "tls = \"none\": there is no certificate to show".into(),
+            ));
+        }
+        TlsMode::Starttls => {
+            let tcp = tcp_connect(opts).await?;
+            let mut conn = Connection::new(Stream::Plain(tcp), opts.io_timeout, trace);
+            conn.read_status().await?;
+            conn.queue(&Command::Stls)?;
+            conn.flush().await?;
+            let reply = conn.read_status().await?;
+            if reply.status != Status::Ok {
+                return Err(SessionError::StlsRefused(reply));
+            }
+            conn.into_plain()?.0
+        }
+    };
+    let (config, presented) = tls::show_cert_client_config();
+    let name = rustls::pki_types::ServerName::try_from(opts.host.clone())
+        .map_err(|e| SessionError::TlsConfig(format!("host {:?}: {e}", opts.host)))?;
+    let mut stream = with_timeout(
+        "TLS handshake",
+        opts.connect_timeout,
+        TlsConnector::from(config).connect(name, tcp),
+    )
+    .await?
+    .map_err(|e| SessionError::Tls {
+        host: opts.host.clone(),
+        reason: e.to_string(),
+    })?;
+    let _ = with_timeout(
+        "shutdown",
+        opts.io_timeout,
+        tokio::io::AsyncWriteExt::shutdown(&mut stream),
+    )
+    .await;
+    let cert = presented.get().ok_or_else(|| SessionError::Tls {
+        host: opts.host.clone(),
+        reason: "the server presented no certificate".into(),
+    })?;
+    Ok(tls::CertSummary::of(&cert))
+}
+
 async fn handshake(
     opts: &ConnectOptions,
     tcp: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SessionError> {
-    let config = tls::client_config(opts.ca_file.as_deref(), opts.fingerprint)?;
+    let (config, presented) =
+        tls::observed_client_config(opts.ca_file.as_deref(), opts.fingerprint)?;
     let name = rustls::pki_types::ServerName::try_from(opts.host.clone())
         .map_err(|e| SessionError::TlsConfig(format!("host {:?}: {e}", opts.host)))?;
     let connector = TlsConnector::from(Arc::clone(&config));
@@ -295,5 +354,13 @@ async fn handshake(
         connector.connect(name, tcp),
     )
     .await?
-    .map_err(|e| tls::handshake_error(&opts.host, e))
+    .map_err(|e| {
+        let ctx = tls::HandshakeContext {
+            host: &opts.host,
+            ca_file: opts.ca_file.as_deref(),
+            pinned: opts.fingerprint.is_some(),
+            presented: presented.get(),
+        };
+        tls::handshake_error(&ctx, e)
+    })
 }

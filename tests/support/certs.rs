@@ -221,6 +221,22 @@ impl TestPki {
     }
 }
 
+/// A self-signed certificate as `openssl req -x509` makes it (CA:TRUE,
+/// `CN=localhost`), in `dir/NAME.pem` + `dir/NAME.key`. `san: None` leaves
+/// the name only in the CN, as Courier's own set-up does.
+pub fn self_signed(dir: &Path, name: &str, san: Option<&str>) -> Leaf {
+    std::fs::create_dir_all(dir).expect("create pki dir");
+    let pem = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    let san_ext = san.map(|san| format!("subjectAltName={san}"));
+    let extra: Vec<&str> = match &san_ext {
+        Some(ext) => vec!["-addext", ext.as_str()],
+        None => Vec::new(),
+    };
+    req_x509(&pem, &key, "365", "/CN=localhost", &extra);
+    Leaf { pem, key }
+}
+
 /// A rustls client config (ring provider, never the process default) whose
 /// only trust anchor is the CA in `ca_pem`.
 pub fn client_config_trusting(ca_pem: &Path) -> Arc<rustls::ClientConfig> {
@@ -254,7 +270,23 @@ pub fn cert_sha256(pem: &Path) -> [u8; 32] {
 }
 
 fn make_ca(pem: &Path, key: &Path, cn: &str) {
-    openssl(&[
+    req_x509(
+        pem,
+        key,
+        "3650",
+        &format!("/CN={cn}"),
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// `openssl req -x509` with a fresh P-256 key.
+fn req_x509(pem: &Path, key: &Path, days: &str, subj: &str, extra: &[&str]) {
+    let mut args = vec![
         "req",
         "-x509",
         "-newkey",
@@ -267,14 +299,12 @@ fn make_ca(pem: &Path, key: &Path, cn: &str) {
         "-out",
         s(pem),
         "-days",
-        "3650",
+        days,
         "-subj",
-        &format!("/CN={cn}"),
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
+        subj,
+    ];
+    args.extend_from_slice(extra);
+    openssl(&args);
 }
 
 /// Distinct serials so that no two test leafs share issuer+serial.
