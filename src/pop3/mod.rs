@@ -17,6 +17,7 @@ pub use listing::{Capabilities, ListEntry, Stat, Uid, UidError, UidlEntry};
 pub use multiline::{Decoded, MultilineDecoder};
 pub use response::{
     MAX_STATUS_LINE, ResponseCode, Status, StatusLine, begins_with_status, find_status_line,
+    looks_like_tls_record,
 };
 
 /// A malformed response from the server.

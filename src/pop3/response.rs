@@ -44,6 +44,13 @@ pub fn begins_with_status(buf: &[u8]) -> Option<bool> {
     }
 }
 
+/// Whether a server's first bytes are a TLS record (RFC 8446 §5.1: a
+/// content type 20–23, then a legacy version 3.x), not a POP3 greeting:
+/// the sign of an implicit-TLS port reached without TLS.
+pub fn looks_like_tls_record(buf: &[u8]) -> bool {
+    matches!(buf, [20..=23, 3, ..])
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Ok,
@@ -180,6 +187,18 @@ fn strip_prefix_ci<'a>(line: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_records_are_told_from_greetings() {
+        assert!(looks_like_tls_record(&[
+            0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32
+        ]));
+        assert!(looks_like_tls_record(&[0x16, 0x03, 0x01]));
+        assert!(!looks_like_tls_record(b"+OK ready\r\n"));
+        assert!(!looks_like_tls_record(b"-ERR"));
+        assert!(!looks_like_tls_record(&[0x16]));
+        assert!(!looks_like_tls_record(b""));
+    }
 
     #[test]
     fn in_step_means_a_status_line_follows() {

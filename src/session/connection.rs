@@ -193,6 +193,21 @@ impl Connection {
         Ok(())
     }
 
+    /// Waits at most `within` for the server's first bytes. `false`: it
+    /// stayed silent (the connection is then unusable).
+    pub(crate) async fn await_first_bytes(
+        &mut self,
+        within: Duration,
+    ) -> Result<bool, SessionError> {
+        if !self.buffered().is_empty() {
+            return Ok(true);
+        }
+        match tokio::time::timeout(within, self.fill()).await {
+            Ok(filled) => filled.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// Reads one status line (`+OK`, `-ERR` or a SASL `+ `).
     pub(crate) async fn read_status(&mut self) -> Result<StatusLine, SessionError> {
         loop {

@@ -24,6 +24,21 @@ pub enum SessionError {
     Tls { host: String, reason: String },
     #[error("TLS set-up: {0}")]
     TlsConfig(String),
+    /// `tls = "implicit"` against a port that speaks plain POP3.
+    #[error(
+        "tls = \"implicit\" but {addr} answered in plain text (a POP3 greeting where a TLS ServerHello was expected): for this port set tls = \"starttls\", or set port = 995 (the implicit-TLS port)"
+    )]
+    PlainWhereTlsExpected { addr: String },
+    /// `tls = "starttls"`/`"none"` against an implicit-TLS port.
+    #[error(
+        "{addr} {evidence}, so it is an implicit-TLS port: set tls = \"implicit\" for port {port}, or keep tls = \"{tls}\" and set port = 110"
+    )]
+    TlsWherePlainExpected {
+        addr: String,
+        port: u16,
+        tls: &'static str,
+        evidence: &'static str,
+    },
     #[error("tls = \"starttls\" but the server does not offer STLS; no credential was sent")]
     StlsNotOffered,
     #[error("the server refused STLS ({}); no credential was sent", .0.describe())]
@@ -103,6 +118,8 @@ impl SessionError {
                 | SessionError::Tls { .. }
                 | SessionError::TlsConfig(_)
                 | SessionError::StlsNotOffered
+                | SessionError::PlainWhereTlsExpected { .. }
+                | SessionError::TlsWherePlainExpected { .. }
                 | SessionError::StlsRefused(_)
                 | SessionError::StlsInjection
                 | SessionError::InsecureAuth { .. }

@@ -85,6 +85,9 @@ impl Session {
             TlsMode::Starttls | TlsMode::None => Stream::Plain(tcp),
         };
         let mut conn = Connection::new(stream, opts.io_timeout, trace);
+        if opts.tls != TlsMode::Implicit {
+            detect_implicit_tls_port(&mut conn, opts).await?;
+        }
         let greeting = conn.read_status().await?;
         if greeting.status != Status::Ok {
             return Err(SessionError::Command {
@@ -274,6 +277,47 @@ impl Session {
     }
 }
 
+/// How long a server on port 995 may stay silent before we call it an
+/// implicit-TLS port: POP3 servers greet at once, TLS servers wait for us.
+const IMPLICIT_TLS_SILENCE: Duration = Duration::from_secs(4);
+
+/// `tls = "starttls"`/`"none"` reached a TLS port when the server answers
+/// with a TLS record, or (on port 995) says nothing at all for a while:
+/// a configuration mistake, reported in seconds, not after the read timeout.
+async fn detect_implicit_tls_port(
+    conn: &mut Connection,
+    opts: &ConnectOptions,
+) -> Result<(), SessionError> {
+    let mismatch = |evidence| SessionError::TlsWherePlainExpected {
+        addr: format!("{}:{}", opts.host, opts.port),
+        port: opts.port,
+        tls: if opts.tls == TlsMode::Starttls {
+            "starttls"
+        } else {
+            "none"
+        },
+        evidence,
+    };
+    let within = if opts.port == 995 {
+        IMPLICIT_TLS_SILENCE.min(opts.io_timeout)
+    } else {
+        opts.io_timeout
+    };
+    if !conn.await_first_bytes(within).await? {
+        if opts.port == 995 {
+            return Err(mismatch("sent no POP3 greeting within a few seconds"));
+        }
+        return Err(SessionError::Timeout {
+            what: "waiting for the greeting",
+            after: within,
+        });
+    }
+    if crate::pop3::looks_like_tls_record(conn.buffered()) {
+        return Err(mismatch("answered with a TLS record"));
+    }
+    Ok(())
+}
+
 async fn tcp_connect(opts: &ConnectOptions) -> Result<TcpStream, SessionError> {
     with_timeout(
         "connect",
@@ -357,6 +401,8 @@ async fn handshake(
     .map_err(|e| {
         let ctx = tls::HandshakeContext {
             host: &opts.host,
+            port: opts.port,
+            implicit: opts.tls == TlsMode::Implicit,
             ca_file: opts.ca_file.as_deref(),
             pinned: opts.fingerprint.is_some(),
             presented: presented.get(),

@@ -344,6 +344,9 @@ fn subject_of(cert: &[u8]) -> String {
 /// What a failed handshake's error should say and which setting fixes it.
 pub struct HandshakeContext<'a> {
     pub host: &'a str,
+    pub port: u16,
+    /// TLS from the first byte (not after STLS).
+    pub implicit: bool,
     pub ca_file: Option<&'a Path>,
     pub pinned: bool,
     pub presented: Option<CertificateDer<'static>>,
@@ -362,6 +365,14 @@ pub fn handshake_error(ctx: &HandshakeContext<'_>, err: std::io::Error) -> Sessi
             reason: err.to_string(),
         };
     };
+    if let (true, rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) =
+        (ctx.implicit, tls_err)
+    {
+        // Not a TLS record at all: a plain POP3 greeting, most likely.
+        return SessionError::PlainWhereTlsExpected {
+            addr: format!("{}:{}", ctx.host, ctx.port),
+        };
+    }
     let rustls::Error::InvalidCertificate(cert_err) = tls_err else {
         return SessionError::Tls {
             host,
