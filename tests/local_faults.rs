@@ -196,6 +196,47 @@ fn state_db_locked_by_another_process() {
     assert!(c.server.mailbox().is_empty());
 }
 
+/// The daemon (or any other process) takes the state database while a
+/// batch is in flight: the batch's journal transaction hits SQLITE_BUSY,
+/// which is "try later" (exit 6), like a lock met at start, not exit 7.
+/// The lock is held past popsync's 30 s busy timeout, then released, so
+/// the clean-up after the failure goes through.
+#[test]
+fn state_db_locked_mid_batch_is_try_later() {
+    use std::time::{Duration, Instant};
+    let faults = Faults {
+        slow_retr: Some((2, Duration::from_secs(1))),
+        ..Faults::default()
+    };
+    let c = Case::new(mailbox(4), faults, keep_false());
+    let db = state_db(&c);
+    let server = &c.server;
+    let run = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // RETR 2 is answered a second late: lock while the batch is open.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !server.transcript().iter().any(|l| l == "RETR 2") {
+                assert!(Instant::now() < deadline, "RETR 2 never came");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            std::thread::sleep(Duration::from_secs(40));
+            drop(conn);
+        });
+        c.sync()
+    });
+    run.expect_code(6);
+    assert_mentions(&run, &["locked by another process"]);
+    assert_eq!(c.server.mailbox().len(), 4, "nothing deleted");
+    c.assert_nothing_lost();
+    // Lock gone: the next run catches up.
+    c.sync().expect_code(0);
+    c.assert_nothing_lost();
+    assert_eq!(maildir_messages(&c.maildir).len(), 4);
+    assert!(c.server.mailbox().is_empty());
+}
+
 #[test]
 fn state_db_corrupt_or_from_a_newer_popsync() {
     for (what, words) in [("corrupt", "not a database"), ("newer", "newer popsync")] {

@@ -143,10 +143,7 @@ impl Store {
             action: "create",
             source,
         })?;
-        let sql = |source| StoreError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
+        let sql = |source| err_at(path, source);
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(sql)?;
@@ -184,20 +181,7 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        if let rusqlite::Error::SqliteFailure(e, _) = &source
-            && matches!(
-                e.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            )
-        {
-            return StoreError::Busy {
-                path: self.path.clone(),
-            };
-        }
-        StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        err_at(&self.path, source)
     }
 
     /// Bookkeeping whose loss in a crash or power cut costs at worst a
@@ -700,7 +684,20 @@ fn drop_journal(tx: &rusqlite::Transaction<'_>, account: AccountId) -> rusqlite:
     Ok(())
 }
 
+/// The one mapping from SQLite errors to [`StoreError`]: a database held
+/// by another process (SQLITE_BUSY, SQLITE_LOCKED, whatever the statement)
+/// is `Busy`, i.e. "try later", never local trouble that needs a human.
 fn err_at(path: &Path, source: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(e, _) = &source
+        && matches!(
+            e.code,
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+        )
+    {
+        return StoreError::Busy {
+            path: path.to_path_buf(),
+        };
+    }
     StoreError::Sqlite {
         path: path.to_path_buf(),
         source,

@@ -159,3 +159,41 @@ fn daemon_schedule_round_trip() {
     store.set_next_poll("alice", 600, 42, 500).unwrap();
     assert_eq!(store.next_poll("alice").unwrap(), Some((600, 42)));
 }
+
+/// Every write path, transactions included, reports a database held by
+/// another process as `Busy` (exit 6, try later), not as local trouble.
+#[test]
+fn a_database_locked_elsewhere_is_busy_on_every_write_path() {
+    let (dir, mut store) = open();
+    let acct = store.account("alice", 100).unwrap();
+    let item = stored("m1");
+    store
+        .conn
+        .busy_timeout(std::time::Duration::from_millis(20))
+        .unwrap();
+    let holder = Connection::open(dir.path().join("state").join("state.db")).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let items = [("u1", &item)];
+    let results: Vec<(&str, Result<(), StoreError>)> = vec![
+        ("add_pending", store.add_pending(acct, &[("u1", 10)], 100)),
+        ("journal", store.journal(acct, "maildir", &items, 100)),
+        (
+            "commit_delivered",
+            store.commit_delivered(acct, "maildir", &items, 100, true),
+        ),
+        ("clear_journal", store.clear_journal(acct)),
+        ("mark_skipped", store.mark_skipped(acct, "u1", "why")),
+        ("mark_deleted", store.mark_deleted(acct, &["u1"], 100)),
+        ("retire", store.retire(acct, &["u1"], 100)),
+        (
+            "mark_seen",
+            store.mark_seen(acct, &[("u2", 5)], 100).map(|_| ()),
+        ),
+    ];
+    for (what, result) in results {
+        assert!(
+            matches!(result, Err(StoreError::Busy { .. })),
+            "{what}: {result:?}"
+        );
+    }
+}

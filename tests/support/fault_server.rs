@@ -61,6 +61,8 @@ pub struct Faults {
     pub endless_retr: Option<u32>,
     /// RETR of this message number: a little data, then silence.
     pub stall_in_retr: Option<u32>,
+    /// RETR of this message number: answered after this pause.
+    pub slow_retr: Option<(u32, Duration)>,
     /// Stop answering after the greeting and login.
     pub stall_after_login: bool,
     /// On QUIT: close without answering and without applying deletions.
@@ -344,6 +346,11 @@ async fn session(mut tcp: TcpStream, shared: &Arc<Mutex<Shared>>) -> std::io::Re
                         loop {
                             tcp.write_all(&block).await?;
                         }
+                    }
+                    if let Some((k, pause)) = faults.slow_retr
+                        && k == n
+                    {
+                        tokio::time::sleep(pause).await;
                     }
                     if faults.stall_in_retr == Some(n) {
                         out.extend_from_slice(b"Subject: stalled\r\n");
