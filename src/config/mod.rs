@@ -192,6 +192,9 @@ pub struct Account {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub mda_timeout: Duration,
+    /// Send `UTF8` (RFC 6856) when the server offers it, so that it serves
+    /// the original message, not a down-converted wrapper.
+    pub utf8: bool,
 }
 
 /// Where the password or token comes from.
@@ -247,6 +250,7 @@ impl fmt::Debug for Account {
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
             .field("mda_timeout", &self.mda_timeout)
+            .field("utf8", &self.utf8)
             .finish()
     }
 }

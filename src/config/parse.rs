@@ -44,6 +44,7 @@ const ACCOUNT_KEYS: &[&str] = &[
     "connect_timeout",
     "timeout",
     "mda_timeout",
+    "utf8",
 ];
 /// Keys that together make one setting: an account setting any of them
 /// replaces all of them from `[defaults]`.
@@ -308,6 +309,7 @@ struct Fields {
     connect_timeout: Option<Duration>,
     timeout: Option<Duration>,
     mda_timeout: Option<Duration>,
+    utf8: Option<bool>,
 }
 
 fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
@@ -367,6 +369,7 @@ fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
             "connect_timeout" => f.connect_timeout = Some(ctx.duration(k, v)?),
             "timeout" => f.timeout = Some(ctx.duration(k, v)?),
             "mda_timeout" => f.mda_timeout = Some(ctx.duration(k, v)?),
+            "utf8" => f.utf8 = Some(ctx.bool(k, v)?),
             _ => unreachable!("checked against ACCOUNT_KEYS above"),
         }
     }
@@ -456,6 +459,7 @@ fn build_account(name: &str, f: Fields, ctx: &Ctx) -> Result<Account, ConfigErro
         connect_timeout: f.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         timeout: f.timeout.unwrap_or(DEFAULT_TIMEOUT),
         mda_timeout: f.mda_timeout.unwrap_or(DEFAULT_MDA_TIMEOUT),
+        utf8: f.utf8.unwrap_or(true),
     })
 }
 

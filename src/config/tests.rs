@@ -63,6 +63,7 @@ received_header = true
 connect_timeout = "15s"
 timeout = 90
 mda_timeout = "2m"
+utf8 = false
 "#;
     let c = parse(text).unwrap();
     assert_eq!(c.path, Path::new(PATH));
@@ -92,6 +93,7 @@ mda_timeout = "2m"
         connect_timeout: Duration::from_secs(15),
         timeout: Duration::from_secs(90),
         mda_timeout: Duration::from_secs(120),
+        utf8: false,
     };
     assert_eq!(a, &want);
     assert_eq!(a.secret().unwrap().expose(), "hunter2");

@@ -33,6 +33,8 @@ pub enum Command<'a> {
     Dele(u32),
     Noop,
     Rset,
+    /// RFC 6856: UTF-8 mode, before authenticating.
+    Utf8,
     Quit,
 }
 
@@ -159,6 +161,7 @@ impl Command<'_> {
                 let _ = write!(w, "DELE {n}");
             }
             Command::Noop => w.extend_from_slice(b"NOOP"),
+            Command::Utf8 => w.extend_from_slice(b"UTF8"),
             Command::Rset => w.extend_from_slice(b"RSET"),
             Command::Quit => w.extend_from_slice(b"QUIT"),
         }
@@ -258,6 +261,7 @@ mod tests {
         assert_eq!(enc(Command::Top(3, 0)), "TOP 3 0\r\n");
         assert_eq!(enc(Command::Dele(4)), "DELE 4\r\n");
         assert_eq!(enc(Command::Noop), "NOOP\r\n");
+        assert_eq!(enc(Command::Utf8), "UTF8\r\n");
         assert_eq!(enc(Command::Rset), "RSET\r\n");
         assert_eq!(enc(Command::Quit), "QUIT\r\n");
     }

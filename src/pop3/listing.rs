@@ -165,6 +165,11 @@ impl Capabilities {
         self.has("STLS")
     }
 
+    /// RFC 6856 UTF-8 mode (`UTF8`, perhaps with `USER` after it).
+    pub fn utf8(&self) -> bool {
+        self.has("UTF8")
+    }
+
     pub fn uidl(&self) -> bool {
         self.has("UIDL")
     }

@@ -37,6 +37,23 @@ impl Mechanism {
 }
 
 impl Session {
+    /// RFC 6856: when the server offers `UTF8`, ask for UTF-8 mode before
+    /// logging in, so that it serves messages with 8-bit headers as they
+    /// are (Courier otherwise serves a generated "Cannot display Unicode
+    /// content" wrapper). A refusal is harmless: we carry on without it.
+    pub async fn enable_utf8(&mut self) -> Result<bool, SessionError> {
+        if !self.capabilities().utf8() {
+            return Ok(false);
+        }
+        self.queue(&Command::Utf8)?;
+        self.flush().await?;
+        let line = self.read_status().await?;
+        if line.status != Status::Ok {
+            tracing::debug!("UTF8 refused: {}", line.describe());
+        }
+        Ok(line.status == Status::Ok)
+    }
+
     /// Logs in; on success the session is in the TRANSACTION state.
     pub async fn login(&mut self, creds: &Credentials) -> Result<(), SessionError> {
         let mechanism = self.choose_mechanism(creds)?;

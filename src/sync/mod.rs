@@ -360,6 +360,9 @@ async fn run(
         .capabilities()
         .login_delay()
         .map(Duration::from_secs);
+    if account.utf8 {
+        session.enable_utf8().await?;
+    }
     session.login(&creds).await?;
     let (uidl, list) = session.listings().await?;
     report.on_server = list.len() as u64;

@@ -69,6 +69,10 @@ pub struct Faults {
     pub drop_on_quit: bool,
     /// On QUIT: answer -ERR and apply no deletions.
     pub quit_err: bool,
+    /// Like Courier: offer `UTF8` in CAPA, and unless the client sent it
+    /// before logging in, serve a message whose header holds 8-bit bytes
+    /// as a generated "Cannot display Unicode content" wrapper.
+    pub utf8_wrapper: bool,
 }
 
 /// How the server computes the sizes LIST (and STAT) announce.
@@ -194,6 +198,18 @@ pub fn mailbox(n: usize) -> Vec<FaultMessage> {
         .collect()
 }
 
+/// What Courier serves instead of a message with raw 8-bit header bytes
+/// to a client that did not ask for UTF-8 mode.
+pub const UNICODE_WRAPPER: &[u8] = b"Subject: Cannot display Unicode content\nMime-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"=_courier\"\n\n--=_courier\nContent-Type: text/plain\n\nThis message cannot be displayed without UTF-8 support.\n--=_courier--\n";
+
+fn has_8bit_header(body: &[u8]) -> bool {
+    let end = body
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .unwrap_or(body.len());
+    body[..end].iter().any(|&b| b >= 0x80)
+}
+
 /// The body's lines as sent on the wire (without stuffing or terminator).
 fn wire_lines(body: &[u8]) -> Vec<&[u8]> {
     let mut lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
@@ -250,6 +266,7 @@ async fn session(mut tcp: TcpStream, shared: &Arc<Mutex<Shared>>) -> std::io::Re
     tcp.write_all(&greeting).await?;
     let mut buf = Vec::new();
     let mut authed = false;
+    let mut utf8_mode = false;
     loop {
         let Some(line) = read_line(&mut tcp, &mut buf).await? else {
             return Ok(());
@@ -272,6 +289,9 @@ async fn session(mut tcp: TcpStream, shared: &Arc<Mutex<Shared>>) -> std::io::Re
                 if !faults.no_pipelining {
                     out.extend_from_slice(b"PIPELINING\r\n");
                 }
+                if faults.utf8_wrapper {
+                    out.extend_from_slice(b"UTF8\r\n");
+                }
                 for c in &faults.capa_extra {
                     out.extend_from_slice(format!("{c}\r\n").as_bytes());
                 }
@@ -282,6 +302,10 @@ async fn session(mut tcp: TcpStream, shared: &Arc<Mutex<Shared>>) -> std::io::Re
                 None => out.extend_from_slice(b"-ERR STLS not available\r\n"),
             },
             "USER" => out.extend_from_slice(b"+OK send PASS\r\n"),
+            "UTF8" if faults.utf8_wrapper && !authed => {
+                utf8_mode = true;
+                out.extend_from_slice(b"+OK UTF8 enabled\r\n");
+            }
             "PASS" => {
                 if let Some(reply) = &faults.pass_reply {
                     out.extend_from_slice(format!("{reply}\r\n").as_bytes());
@@ -357,7 +381,12 @@ async fn session(mut tcp: TcpStream, shared: &Arc<Mutex<Shared>>) -> std::io::Re
                         tcp.write_all(&out).await?;
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                     }
-                    out.extend_from_slice(&encode_body(&snapshot[i].body, &faults));
+                    let body = &snapshot[i].body;
+                    if faults.utf8_wrapper && !utf8_mode && has_8bit_header(body) {
+                        out.extend_from_slice(&encode_body(UNICODE_WRAPPER, &faults));
+                    } else {
+                        out.extend_from_slice(&encode_body(body, &faults));
+                    }
                     if let Some((k, after)) = faults.drop_in_retr
                         && k == n
                     {
