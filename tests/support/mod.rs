@@ -3,6 +3,7 @@
 //! - [`certs`]: a throw-away PKI (test CA, leafs: good, expired, wrong host).
 //! - [`dovecot`]: a private Dovecot POP3 server per test.
 //! - [`scripted`]: an in-process POP3 server that plays a script.
+//! - [`popa3d`]: popa3d, a second real POP3 server (mbox, no CAPA).
 // Each test crate uses only part of the harness; re-exports count as imports.
 #![allow(dead_code, unused_imports)]
 
@@ -40,4 +41,5 @@ pub fn write_file_0600(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) {
 pub mod fault_case;
 pub mod fault_server;
 pub mod peers;
+pub mod popa3d;
 pub mod popsync;
