@@ -121,3 +121,28 @@ fn a_tls_record_instead_of_a_greeting_is_an_implicit_tls_port() {
     );
     assert!(took < Duration::from_secs(5), "no waiting: {took:?}");
 }
+
+/// Silence on another port is not proof (a slow server?): the read timeout
+/// applies and the run is retried later (exit 6), but the message already
+/// names the likely mistake.
+#[test]
+fn silence_on_another_port_times_out_with_the_hint() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let p = Popsync::new("");
+    p.write_config(&format!(
+        "{}timeout = \"2s\"\n",
+        account("127.0.0.1", port, "starttls", &p)
+    ));
+    let (run, _) = sync(&p);
+    run.expect_code(6);
+    let err = run.stderr();
+    assert!(err.contains("no POP3 greeting"), "{err}");
+    assert!(err.contains("set tls = \"implicit\""), "{err}");
+}

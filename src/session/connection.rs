@@ -202,9 +202,11 @@ impl Connection {
         if !self.buffered().is_empty() {
             return Ok(true);
         }
+        // Whichever time-out fires first (ours or the read's), it is silence.
         match tokio::time::timeout(within, self.fill()).await {
-            Ok(filled) => filled.map(|()| true),
-            Err(_) => Ok(false),
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(SessionError::Timeout { .. })) | Err(_) => Ok(false),
+            Ok(Err(e)) => Err(e),
         }
     }
 

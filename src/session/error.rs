@@ -14,6 +14,13 @@ pub enum SessionError {
     },
     #[error("{what} timed out after {}s", after.as_secs_f32())]
     Timeout { what: &'static str, after: Duration },
+    /// Silence after connect on a port other than 995: a slow server, or
+    /// an implicit-TLS port on an unusual number. Retried like a time-out.
+    #[error(
+        "no POP3 greeting from {addr} within {}s; if this port speaks TLS from the first byte, set tls = \"implicit\"",
+        after.as_secs_f32()
+    )]
+    NoGreeting { addr: String, after: Duration },
     #[error("connection lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("the server closed the connection")]
@@ -91,6 +98,7 @@ impl SessionError {
         match self {
             SessionError::Connect { .. }
             | SessionError::Timeout { .. }
+            | SessionError::NoGreeting { .. }
             | SessionError::Io(_)
             | SessionError::Closed => true,
             SessionError::AuthFailed { .. } | SessionError::Command { .. } => matches!(

@@ -307,8 +307,8 @@ async fn detect_implicit_tls_port(
         if opts.port == 995 {
             return Err(mismatch("sent no POP3 greeting within a few seconds"));
         }
-        return Err(SessionError::Timeout {
-            what: "waiting for the greeting",
+        return Err(SessionError::NoGreeting {
+            addr: format!("{}:{}", opts.host, opts.port),
             after: within,
         });
     }
