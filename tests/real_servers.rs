@@ -36,6 +36,23 @@ impl Real {
         }
     }
 
+    fn remove_first(&self) {
+        match self {
+            Real::Dovecot(d) => {
+                let new = d.maildir("alice").join("new");
+                let cur = d.maildir("alice").join("cur");
+                let mut files: Vec<_> = [new, cur]
+                    .iter()
+                    .flat_map(|dir| std::fs::read_dir(dir).unwrap().flatten())
+                    .map(|e| e.path())
+                    .collect();
+                files.sort();
+                std::fs::remove_file(&files[0]).unwrap();
+            }
+            Real::Popa3d(p) => p.remove_message(0),
+        }
+    }
+
     fn on_server(&self) -> usize {
         match self {
             Real::Dovecot(d) => d.message_count("alice"),
@@ -134,8 +151,12 @@ fn incremental_sync_fetches_only_the_new_mail() {
         for m in &messages[5..8] {
             server.add(m);
         }
+        // Another client removed a message meanwhile: nothing new for it.
+        server.remove_first();
         sync_expecting(&p, 3, what);
         assert_stored(&maildir, &messages[..8], what);
+        assert_eq!(server.on_server(), 7, "{what}");
+        sync_expecting(&p, 0, what);
     }
 }
 

@@ -139,6 +139,13 @@ impl Popa3d {
         write_mbox(&self.mbox, &self.user, &all);
     }
 
+    /// Removes the message at `index` (0-based, mailbox order).
+    pub fn remove_message(&self, index: usize) {
+        let mut messages = self.messages();
+        messages.remove(index);
+        self.set_messages(&messages);
+    }
+
     /// The messages in the mailbox now (deletions applied by QUITs).
     pub fn messages(&self) -> Vec<Vec<u8>> {
         let text = std::fs::read(&self.mbox).unwrap_or_default();
