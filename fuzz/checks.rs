@@ -72,6 +72,15 @@ pub fn status_line(data: &[u8]) {
     if let Ok(line) = StatusLine::parse(data) {
         assert_printable(&line.describe());
     }
+    // The in-step check after a message: once it decides, more bytes never
+    // change its mind (it may be asked before the whole line has arrived).
+    let full = popsync::pop3::begins_with_status(data);
+    assert!(full.is_some() || data.len() < MAX_STATUS_LINE);
+    for end in 0..data.len().min(80) {
+        if let Some(early) = popsync::pop3::begins_with_status(&data[..end]) {
+            assert_eq!(Some(early), full, "decided {early} after {end} bytes");
+        }
+    }
 }
 
 pub fn listing(data: &[u8]) {
