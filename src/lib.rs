@@ -7,6 +7,7 @@
 //! - [`deliver`]: local delivery targets (maildir, mbox, MDA).
 //! - [`migrate`]: readers of fetchmail, mpop and getmail6 UID files.
 //! - [`verify`]: checks stored messages against their recorded SHA-256.
+//! - [`repair`]: moves damaged copies aside before they are fetched again.
 //! - [`sync`]: the engine that syncs one account.
 //! - [`daemon`]: the background service over many accounts; [`notify`]: its
 //!   desktop notifications.
@@ -18,6 +19,7 @@ pub mod deliver;
 pub mod migrate;
 pub mod notify;
 pub mod pop3;
+pub mod repair;
 pub mod session;
 pub mod store;
 pub mod sync;

@@ -300,7 +300,7 @@ fn maildir_name(rec: &DeliveryRecord) -> Option<&str> {
     }
 }
 
-enum TargetPath {
+pub(crate) enum TargetPath {
     Maildir(PathBuf),
     Mbox(PathBuf),
     Mda,
@@ -308,7 +308,7 @@ enum TargetPath {
 }
 
 /// The target's description as the state recorded it (`Target::describe`).
-fn target_path(target: &str) -> TargetPath {
+pub(crate) fn target_path(target: &str) -> TargetPath {
     if let Some(p) = target.strip_prefix("maildir ") {
         TargetPath::Maildir(PathBuf::from(p))
     } else if let Some(p) = target.strip_prefix("mbox ") {

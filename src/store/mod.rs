@@ -5,6 +5,7 @@
 //! records every run. Schema changes are plain SQL files in `migrations/`.
 
 mod location;
+mod repair;
 mod report;
 
 use std::collections::HashMap;

@@ -1,0 +1,164 @@
+//! State changes and read-only access for the hands-on commands: `ls` and
+//! `sync --dry-run` read without writing, `refetch`/`verify --repair` make a
+//! damaged delivery fetchable again, `forget` drops a UID's live record.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::{AccountId, Store, StoreError, err_at};
+
+impl Store {
+    /// Opens an existing state for reading only (no migration, no file
+    /// created, `query_only` set); `None` when there is no state yet. For
+    /// commands that must change nothing on disk. Opened read-write all the
+    /// same: a read-only connection cannot remove the `-wal`/`-shm` files
+    /// SQLite creates for it, a read-write one removes them at close.
+    pub fn open_read_only_in(state_dir: &Path) -> Result<Option<Store>, StoreError> {
+        let path = state_dir.join("state.db");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err_at(&path, e))?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(|e| err_at(&path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(|e| err_at(&path, e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| err_at(&path, e))?;
+        if version > super::MIGRATIONS.len() as i64 {
+            return Err(StoreError::Schema {
+                path,
+                detail: "written by a newer popsync (schema version is ahead of this program); upgrade popsync".into(),
+            });
+        }
+        Ok(Some(Store { conn, path }))
+    }
+
+    /// Why each live skipped UID was left on the server.
+    pub fn skip_reasons(&self, account: AccountId) -> Result<HashMap<String, String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT uid, COALESCE(skip_reason, '') FROM message
+                 WHERE account_id = ?1 AND gone_at IS NULL AND state = 'skipped'",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([account], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Turns a live delivered record back into `pending`, so the next sync
+    /// fetches the message again; the old location is overwritten by that
+    /// delivery. Only for a message not deleted from the server. Returns
+    /// whether a record changed. Durable: the caller has already moved the
+    /// damaged copy aside.
+    pub fn reset_for_refetch(&mut self, account: AccountId, uid: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE message SET state = 'pending', skip_reason = NULL
+                 WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL
+                   AND deleted_at IS NULL AND state = 'delivered'",
+                params![account, uid],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(changed > 0)
+    }
+
+    /// Drops the live records of these UIDs (they stay as history, like a
+    /// UID gone from the server), so the next sync counts them as new.
+    pub fn forget(
+        &mut self,
+        account: AccountId,
+        uids: &[&str],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.retire(account, uids, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::{Location, StoredMessage};
+    use crate::store::MessageState;
+
+    fn stored(name: &str) -> StoredMessage {
+        StoredMessage {
+            location: Location::Maildir { name: name.into() },
+            size: 10,
+            sha256: [7; 32],
+        }
+    }
+
+    #[test]
+    fn refetch_makes_a_delivered_record_pending_and_forget_makes_it_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open_in(dir.path()).unwrap();
+        let a = s.account("alice", 1).unwrap();
+        s.commit_delivered(
+            a,
+            "maildir /m",
+            &[("d", &stored("n1")), ("e", &stored("n2"))],
+            2,
+            true,
+        )
+        .unwrap();
+        s.add_pending(a, &[("p", 5)], 2).unwrap();
+        s.mark_deleted(a, &["e"], 3).unwrap();
+
+        assert!(s.reset_for_refetch(a, "d").unwrap());
+        assert!(!s.reset_for_refetch(a, "p").unwrap(), "not delivered");
+        assert!(
+            !s.reset_for_refetch(a, "e").unwrap(),
+            "deleted from the server"
+        );
+        let live = s.live_messages(a).unwrap();
+        assert_eq!(live["d"].state, MessageState::Pending);
+        assert!(s.delivery_records(a).unwrap().iter().all(|r| r.uid != "d"));
+
+        s.forget(a, &["p", "e"], 4).unwrap();
+        let live = s.live_messages(a).unwrap();
+        assert!(!live.contains_key("p") && !live.contains_key("e"));
+        // The delivery of `e` stays as history for verify.
+        let e = s.delivery_records(a).unwrap();
+        assert_eq!(
+            (e.len(), e[0].uid.as_str(), e[0].gone_at),
+            (1, "e", Some(4))
+        );
+    }
+
+    #[test]
+    fn read_only_open_writes_nothing_and_sees_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Store::open_read_only_in(dir.path()).unwrap().is_none());
+        assert!(!dir.path().join("state.db").exists());
+        {
+            let mut s = Store::open_in(dir.path()).unwrap();
+            let a = s.account("alice", 1).unwrap();
+            s.add_pending(a, &[("k", 6)], 1).unwrap();
+            s.mark_skipped(a, "k", "larger than max_size").unwrap();
+        }
+        let before = std::fs::read(dir.path().join("state.db")).unwrap();
+        let mut s = Store::open_read_only_in(dir.path()).unwrap().unwrap();
+        let a = s.find_account("alice").unwrap().unwrap();
+        assert_eq!(s.skip_reasons(a).unwrap()["k"], "larger than max_size");
+        assert!(s.forget(a, &["k"], 2).is_err(), "query_only");
+        drop(s);
+        assert_eq!(std::fs::read(dir.path().join("state.db")).unwrap(), before);
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files, ["state.db"], "no -wal or -shm left behind");
+    }
+}
