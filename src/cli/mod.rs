@@ -1,12 +1,16 @@
 //! The command line: parsing, logging set-up, dispatch, exit codes.
 
 mod daemon;
+mod dry_run;
 pub mod exit;
 mod import_uids;
+mod ls;
 mod mark_seen;
 mod probe;
 mod purge;
+mod repair;
 mod server;
+mod shell;
 mod status;
 mod sync;
 mod verify;
@@ -64,6 +68,9 @@ pub enum Commands {
         /// Download even if the server seems to have replaced all its UIDs
         #[arg(long)]
         accept_uid_change: bool,
+        /// Only list what would be fetched, skipped and deleted; change nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Record every UID now on the server as seen, downloading nothing
     MarkSeen { account: String },
@@ -90,7 +97,45 @@ pub enum Commands {
         json: bool,
     },
     /// Check that every stored message is still in place with its bytes (exit 10 if not)
-    Verify { account: Option<String> },
+    Verify {
+        account: Option<String>,
+        /// Move missing or altered copies aside and fetch them again at the next sync
+        #[arg(long)]
+        repair: bool,
+    },
+    /// What is on the server and what the next sync does with it; changes nothing
+    Ls {
+        account: String,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+        /// Only the messages the next sync would fetch
+        #[arg(long)]
+        new: bool,
+    },
+    /// Type POP3 commands yourself, over the account's TLS, logged in safely
+    Shell {
+        account: String,
+        /// `account`: log in with the configured credentials; `manual`: type
+        /// USER/PASS/APOP yourself (the password is read with echo off)
+        #[arg(long, value_enum, default_value_t = shell::Login::Account)]
+        login: shell::Login,
+        /// Show multi-line answers as sent (dot-stuffed) beside the un-stuffed data
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Fetch these messages again at the next sync if their stored copy is missing or altered
+    Refetch {
+        account: String,
+        #[arg(required = true, value_name = "UID")]
+        uids: Vec<String>,
+    },
+    /// Drop popsync's records of these UIDs: the next sync counts them as new
+    Forget {
+        account: String,
+        #[arg(required = true, value_name = "UID")]
+        uids: Vec<String>,
+    },
     /// Delete from the server exactly the messages stored by popsync that verify intact now
     Purge {
         account: String,
@@ -168,8 +213,12 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             accounts,
             jobs,
             accept_uid_change,
+            dry_run,
         } => {
             let selected = config.select(accounts)?;
+            if *dry_run {
+                return dry_run::run(&config, selected, *accept_uid_change, trace).await;
+            }
             let args = sync::Args {
                 jobs: (*jobs).max(1),
                 accept_uid_change: *accept_uid_change,
@@ -201,9 +250,26 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             let names: Vec<String> = account.iter().cloned().collect();
             status::run(&config, config.select(&names)?, *json)
         }
-        Commands::Verify { account } => {
+        Commands::Verify { account, repair } => {
             let names: Vec<String> = account.iter().cloned().collect();
+            if *repair {
+                return repair::verify_and_repair(&config, config.select(&names)?);
+            }
             verify::run(&config, config.select(&names)?, cli.quiet)
+        }
+        Commands::Ls { account, json, new } => {
+            ls::run(&config, config.account(account)?, *json, *new, trace).await
+        }
+        Commands::Shell {
+            account,
+            login,
+            raw,
+        } => shell::run(config.account(account)?, *login, *raw, trace).await,
+        Commands::Refetch { account, uids } => {
+            repair::refetch(&config, config.account(account)?, uids)
+        }
+        Commands::Forget { account, uids } => {
+            repair::forget(&config, config.account(account)?, uids)
         }
         Commands::Purge { account, dry_run } => {
             purge::run(&config, config.account(account)?, *dry_run, trace).await

@@ -58,11 +58,7 @@ pub async fn open(
     trace: Option<TraceSink>,
 ) -> Result<(Session, ServerUids), Failure> {
     let fail = |e| session_failure(account, e);
-    let creds = crate::sync::credentials(account)?;
-    let mut session = Session::connect(&crate::sync::connect_options(account, trace))
-        .await
-        .map_err(fail)?;
-    session.login(&creds).await.map_err(fail)?;
+    let mut session = login(account, trace).await?;
     let (uidl, list) = session.listings().await.map_err(fail)?;
     let Some(uidl) = uidl else {
         let _ = session.quit().await;
@@ -95,6 +91,18 @@ pub async fn open(
         }
     }
     Ok((session, out))
+}
+
+/// Connects with the account's TLS settings and logs in with its
+/// credentials, under the same rules as sync.
+pub async fn login(account: &Account, trace: Option<TraceSink>) -> Result<Session, Failure> {
+    let fail = |e| session_failure(account, e);
+    let creds = crate::sync::credentials(account)?;
+    let mut session = Session::connect(&crate::sync::connect_options(account, trace))
+        .await
+        .map_err(fail)?;
+    session.login(&creds).await.map_err(fail)?;
+    Ok(session)
 }
 
 /// Ends a session that changed nothing; its QUIT reply does not matter.
