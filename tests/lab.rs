@@ -1,0 +1,355 @@
+//! The POP3 lab as commands, against a real Dovecot: `popsync shell` driven
+//! through stdin, `popsync ls`, `sync --dry-run`, and the repair commands
+//! (`refetch`, `forget`, `verify --repair`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use popsync::deliver::Location;
+use popsync::store::Store;
+use support::dovecot::Dovecot;
+use support::popsync::{AccountToml, Popsync, maildir_messages, served_messages, sorted};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The lab's message: a line holding only `.`, lines starting with `.`.
+const DOTS: &[u8] =
+    b"From: Lab <lab@example.org>\nSubject: dots\n\nbefore\n.\n..two\n.one\nafter\n";
+
+fn message(i: usize) -> Vec<u8> {
+    format!("From: Sender {i} <s{i}@example.org>\nDate: Tue, 1 Dec 2026 08:0{i}:00 +0000\nSubject: message {i}\n\nbody {i}\n")
+        .into_bytes()
+}
+
+fn setup(msgs: &[Vec<u8>]) -> (Dovecot, Popsync, std::path::PathBuf) {
+    let d = Dovecot::start();
+    d.add_messages("alice", msgs);
+    let maildir = tempfile::tempdir().unwrap().keep();
+    let mut a = AccountToml::tls("alice", &d, "alice");
+    a.maildir(&maildir);
+    let p = Popsync::new(&a.render());
+    (d, p, maildir)
+}
+
+/// Every file under `dir` with its length and SHA-256: a "before and after".
+fn tree(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                out.insert(format!("{}/", path.display()), String::new());
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+                out.insert(
+                    path.display().to_string(),
+                    format!("{} bytes, {sha}", bytes.len()),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn state_files(p: &Popsync) -> BTreeMap<String, String> {
+    tree(&p.state_dir)
+}
+
+/// UID -> maildir file name, from the state.
+fn stored_names(p: &Popsync) -> BTreeMap<String, String> {
+    let store = Store::open_in(&p.state_dir).unwrap();
+    let acct = store.find_account("alice").unwrap().unwrap();
+    store
+        .delivery_records(acct)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.gone_at.is_none())
+        .map(|r| match r.stored.location {
+            Location::Maildir { name } => (r.uid, name),
+            other => panic!("not a maildir location: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn shell_lab_session_shows_dots_unstuffed_and_dele_takes_effect_only_at_quit() {
+    let (d, p, _) = setup(&[DOTS.to_vec(), message(2)]);
+    let run = p.run_stdin(
+        &["--trace", "shell", "alice"],
+        "STAT\nLIST\nRETR 1\nDELE 1\nRSET\nQUIT\n",
+        LIMIT,
+    );
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains("over TLS"), "{out}");
+    assert!(out.contains("alice TRANSACTION> STAT\nS: +OK 2 "), "{out}");
+    // Un-stuffed: the lone dot is data, `..two` keeps one of its two dots
+    // on the wire... and the terminator is shown apart from the data.
+    let body = "S| before\nS| .\nS| ..two\nS| .one\nS| after\nS: .\n";
+    assert!(out.contains(body), "{out}");
+    assert!(out.contains("message 1 is only marked"), "{out}");
+    assert!(out.contains("UPDATE state"), "{out}");
+    for text in [&out, &run.stderr()] {
+        assert!(!text.contains("secret1"), "password shown:\n{text}");
+    }
+    assert_eq!(d.message_count("alice"), 2, "RSET undid the DELE");
+
+    let run = p.run_stdin(
+        &["shell", "alice", "--raw"],
+        "RETR 1\nDELE 1\nQUIT\n",
+        LIMIT,
+    );
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains(&format!("S| {:<38} | .\n", "..")), "{out}");
+    assert!(
+        out.contains(&format!("S| {:<38} | ..two\n", "...two")),
+        "{out}"
+    );
+    assert_eq!(d.message_count("alice"), 1, "DELE then QUIT removed it");
+
+    // Without QUIT nothing marked is removed.
+    let run = p.run_stdin(&["shell", "alice"], "DELE 1\n", LIMIT);
+    run.expect_code(0);
+    assert!(
+        run.stdout().contains("closing without QUIT"),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(d.message_count("alice"), 1);
+    assert!(
+        !p.state_dir.join("state.db").exists(),
+        "the shell leaves popsync's state alone"
+    );
+}
+
+#[test]
+fn shell_manual_login_reads_the_password_apart_and_never_shows_it() {
+    let (_d, p, _) = setup(&[message(1)]);
+    let run = p.run_stdin(
+        &["--trace", "shell", "alice", "--login", "manual"],
+        "STAT\nPASS secret1\nUSER alice\nPASS\nsecret1\n.apop\nSTAT\nQUIT\n",
+        LIMIT,
+    );
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains("alice AUTHORIZATION> STAT\nS: -ERR"), "{out}");
+    assert!(
+        out.contains("alice AUTHORIZATION> (hidden)\npopsync: not sent"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Password (not shown): (hidden)\nS: +OK"),
+        "{out}"
+    );
+    assert!(out.contains("alice TRANSACTION> STAT\nS: +OK 1 "), "{out}");
+    // The lab's APOP task: the RFC's example in full, this session's digest cut.
+    assert!(out.contains("c4c9334bac560ecc979e58001b3e22fb"), "{out}");
+    assert!(out.contains("1. the greeting's timestamp: <"), "{out}");
+    for text in [&out, &run.stderr()] {
+        assert!(!text.contains("secret1"), "password shown:\n{text}");
+    }
+}
+
+#[test]
+fn shell_refuses_credentials_in_clear_text_like_sync() {
+    let d = Dovecot::start();
+    let mut a = AccountToml::tls("alice", &d, "alice");
+    a.set("host", &format!("\"{}\"", d.plain_host));
+    a.set("port", &d.plain_port.to_string());
+    a.set("tls", "\"none\"");
+    a.maildir(&tempfile::tempdir().unwrap().keep());
+    let p = Popsync::new(&a.render());
+    let sync = p.run(&["sync", "alice"]);
+    let shell = p.run_stdin(&["shell", "alice"], "STAT\n", LIMIT);
+    shell.expect_code(5);
+    assert_eq!(sync.code(), 5, "{}", sync.stderr());
+    assert!(
+        shell.stderr().contains("refusing to send"),
+        "{}",
+        shell.stderr()
+    );
+
+    let run = p.run_stdin(
+        &["shell", "alice", "--login", "manual"],
+        "USER alice\nPASS\nQUIT\n",
+        LIMIT,
+    );
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains("WITHOUT TLS"), "{out}");
+    assert!(out.contains("refusing to send USER credentials"), "{out}");
+    assert!(!out.contains("TRANSACTION>"), "{out}");
+}
+
+#[test]
+fn ls_shows_each_messages_state_after_partial_syncs_and_changes_nothing() {
+    let (d, p, _) = setup(&[message(1), message(2)]);
+    p.run(&["sync"]).expect_code(0);
+    let mut big = message(3);
+    big.extend(std::iter::repeat_n(b'x', 5000));
+    d.add_messages("alice", &[big, message(4)]);
+    let mut a = AccountToml::tls("alice", &d, "alice");
+    a.maildir(&p.path("unused"));
+    // max_size skips message 3; the maildir path stays the first one.
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(&p.config, format!("{config}max_size = 4000\n")).unwrap();
+
+    let before = state_files(&p);
+    let run = p.run(&["ls", "alice", "--json"]);
+    run.expect_code(0);
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    let rows = rows.as_array().unwrap();
+    let col = |k: &str| -> Vec<String> {
+        rows.iter()
+            .map(|r| r[k].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(col("state"), ["stored", "stored", "skipped", "new"]);
+    assert!(
+        col("reason")[2].starts_with("larger than max_size"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        col("from"),
+        ["Sender 1", "Sender 2", "Sender 3", "Sender 4"]
+    );
+    assert_eq!(col("subject")[3], "message 4");
+    assert_eq!(col("date")[0], "2026-12-01 08:01");
+    assert_eq!(rows[0]["msg"], 1);
+    let served = served_messages(&d, "alice", "secret1");
+    assert!(col("uid").iter().all(|u| served.contains_key(u)));
+    assert_eq!(state_files(&p), before, "ls wrote to the state");
+
+    let run = p.run(&["ls", "alice", "--new"]);
+    run.expect_code(0);
+    let out = run.stdout();
+    assert_eq!(out.lines().count(), 2, "header + one new message:\n{out}");
+    assert!(
+        out.contains("message 4") && !out.contains("message 1"),
+        "{out}"
+    );
+    assert!(out.lines().next().unwrap().contains("SUBJECT"), "{out}");
+    // After `mark-seen`, the new one is marked; the skipped one too.
+    p.run(&["mark-seen", "alice"]).expect_code(0);
+    let run = p.run(&["ls", "alice"]);
+    let states: Vec<&str> = run
+        .stdout()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(3).unwrap_or("").to_string())
+        .collect::<Vec<_>>()
+        .leak()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(states, ["stored", "stored", "marked", "marked"]);
+}
+
+#[test]
+fn dry_run_changes_nothing_on_the_server_or_on_disk() {
+    let (d, p, maildir) = setup(&[message(1), message(2)]);
+    p.run(&["sync"]).expect_code(0);
+    d.add_messages("alice", &[message(3)]);
+    // keep = false: a real sync would fetch message 3 and delete all three.
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(&p.config, format!("{config}keep = false\n")).unwrap();
+
+    let (state_before, mail_before) = (state_files(&p), tree(&maildir));
+    let run = p.run(&["sync", "--dry-run"]);
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains("would fetch message 3 UID"), "{out}");
+    assert_eq!(out.matches("would delete message").count(), 2, "{out}");
+    assert!(out.contains("1 to fetch, 0 to skip, 2 to delete"), "{out}");
+    assert_eq!(state_files(&p), state_before, "state.db changed");
+    assert_eq!(tree(&maildir), mail_before, "the maildir changed");
+    assert_eq!(d.message_count("alice"), 3, "the server lost mail");
+    let log = d.log();
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("retr="))
+        .unwrap_or("");
+    assert!(
+        last.contains("retr=0/0") && last.contains("del=0/"),
+        "{last}"
+    );
+
+    // The real run then does what the dry run said.
+    p.run(&["sync"]).expect_code(0);
+    assert_eq!(d.message_count("alice"), 0);
+}
+
+#[test]
+fn verify_repair_and_refetch_fetch_damaged_copies_again_and_keep_them_aside() {
+    let msgs: Vec<Vec<u8>> = (1..=4).map(message).collect();
+    let (d, p, maildir) = setup(&msgs);
+    p.run(&["sync"]).expect_code(0);
+    let names = stored_names(&p);
+    let uids: Vec<&String> = names.keys().collect();
+    // One copy deleted, one edited by hand.
+    std::fs::remove_file(maildir.join("new").join(&names[uids[0]])).unwrap();
+    std::fs::write(maildir.join("new").join(&names[uids[1]]), b"edited\n").unwrap();
+    p.run(&["verify"]).expect_code(10);
+    // Before a repair, a sync does not fetch them again.
+    let run = p.run(&["sync"]);
+    assert!(run.stdout().contains("alice: 0 new"), "{}", run.stdout());
+
+    let run = p.run(&["verify", "--repair"]);
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains("2 to be fetched again"), "{out}");
+    let aside = maildir.join("popsync-damaged").join(&names[uids[1]]);
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        b"edited\n",
+        "the edited copy is kept aside"
+    );
+    let run = p.run(&["sync"]);
+    assert!(run.stdout().contains("alice: 2 new"), "{}", run.stdout());
+    p.run(&["verify"]).expect_code(0);
+    let served = served_messages(&d, "alice", "secret1");
+    let values = sorted(served.values().cloned().collect());
+    assert_eq!(sorted(maildir_messages(&maildir)), values);
+
+    // refetch of one UID: its copy deleted again.
+    let names = stored_names(&p);
+    let uid = names.keys().next().unwrap().clone();
+    std::fs::remove_file(maildir.join("new").join(&names[&uid])).unwrap();
+    let run = p.run(&["refetch", "alice", &uid]);
+    run.expect_code(0);
+    assert!(
+        run.stdout().contains("the next sync fetches it again"),
+        "{}",
+        run.stdout()
+    );
+    // An intact copy is not refetched; an unknown UID changes nothing.
+    let other = names.keys().nth(1).unwrap().clone();
+    assert!(
+        p.run(&["refetch", "alice", &other])
+            .stdout()
+            .contains("intact")
+    );
+    let bad = p.run(&["refetch", "alice", &uid, "no-such-uid"]);
+    bad.expect_code(2);
+    assert!(bad.stderr().contains("no-such-uid"), "{}", bad.stderr());
+    let run = p.run(&["sync"]);
+    assert!(run.stdout().contains("alice: 1 new"), "{}", run.stdout());
+    p.run(&["verify"]).expect_code(0);
+
+    // forget: the message counts as new and a second copy is stored.
+    let run = p.run(&["forget", "alice", &other]);
+    run.expect_code(0);
+    assert!(run.stdout().contains("counts as new"), "{}", run.stdout());
+    let run = p.run(&["sync"]);
+    assert!(run.stdout().contains("alice: 1 new"), "{}", run.stdout());
+    assert_eq!(maildir_messages(&maildir).len(), 5);
+    p.run(&["verify"]).expect_code(0);
+}
