@@ -353,3 +353,55 @@ fn verify_repair_and_refetch_fetch_damaged_copies_again_and_keep_them_aside() {
     assert_eq!(maildir_messages(&maildir).len(), 5);
     p.run(&["verify"]).expect_code(0);
 }
+
+/// `ls` and `sync --dry-run` (login + UIDL + LIST only) of `n` messages,
+/// through a proxy adding `one_way` each way: (ls, dry run) wall times.
+fn ls_against_dry_run(n: usize, one_way: Duration) -> (Duration, Duration) {
+    let msgs: Vec<Vec<u8>> = (0..n).map(|i| message(i % 10)).collect();
+    let d = Dovecot::start();
+    d.add_messages("alice", &msgs);
+    let proxy = support::delay_proxy::DelayProxy::start(d.tls_addr(), one_way);
+    let mut a = AccountToml::tls("alice", &d, "alice");
+    a.set("port", &proxy.addr.port().to_string());
+    a.maildir(&tempfile::tempdir().unwrap().keep());
+    let p = Popsync::new(&a.render());
+    let timed = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        let run = p.run(args);
+        run.expect_code(0);
+        (started.elapsed(), run)
+    };
+    timed(&["sync", "--dry-run"]); // warm-up: Dovecot indexes the maildir
+    let (dry, _) = timed(&["sync", "--dry-run"]);
+    let (ls, run) = timed(&["ls", "alice"]);
+    assert_eq!(run.stdout().lines().count(), n + 1, "{}", run.stdout());
+    assert!(run.stdout().contains("message 9"), "From/Subject from TOP");
+    (ls, dry)
+}
+
+#[test]
+fn ls_sends_top_pipelined_not_one_round_trip_per_message() {
+    // 20 ms round trips: lock-step TOP would take 300 x 20 ms = 6 s more
+    // than the listing; pipelined (a window of 64), about one.
+    let (ls, dry) = ls_against_dry_run(300, Duration::from_millis(10));
+    assert!(
+        ls < dry + Duration::from_millis(2500),
+        "ls {ls:?} vs UIDL + LIST alone {dry:?}"
+    );
+}
+
+/// The measurement behind README's figures:
+/// `cargo test --release --test lab -- --ignored --nocapture ls_of_3000`
+#[test]
+#[ignore]
+fn ls_of_3000_messages_measured() {
+    for one_way in [Duration::ZERO, Duration::from_millis(10)] {
+        let (ls, dry) = ls_against_dry_run(3000, one_way);
+        println!(
+            "3000 messages, round trip {:?} added: ls {:.3} s, sync --dry-run (login + UIDL + LIST) {:.3} s",
+            one_way * 2,
+            ls.as_secs_f64(),
+            dry.as_secs_f64()
+        );
+    }
+}

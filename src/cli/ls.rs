@@ -17,7 +17,7 @@ use crate::sync::plan::{self, Plan, Policy};
 use super::exit::{Exit, Failure};
 use super::server::session_failure;
 
-/// TOP commands in flight when the server pipelines (as the fetch loop).
+/// TOP commands kept in flight when the server pipelines (as the fetch loop).
 const WINDOW: usize = 64;
 /// Header bytes kept per message; the rest of a TOP answer is read and dropped.
 const HEADER_KEEP: usize = 64 * 1024;
@@ -217,40 +217,45 @@ pub fn safe_text(s: &str) -> String {
     }
 }
 
-/// `TOP n 0` for every message, `WINDOW` at a time when the server
-/// pipelines: about one round trip per window, not one per message.
+/// `TOP n 0` for every message, kept `WINDOW` deep when the server
+/// pipelines (a sliding window, as the fetch loop keeps RETR): the whole
+/// listing costs about one round trip plus the transfer, not one per message.
 async fn headers(
     session: &mut Session,
     msgs: &[u32],
 ) -> Result<HashMap<u32, Vec<u8>>, crate::session::SessionError> {
     let window = if session.can_pipeline() { WINDOW } else { 1 };
     let mut out = HashMap::with_capacity(msgs.len());
-    for chunk in msgs.chunks(window) {
-        for &msg in chunk {
-            session.queue(&Command::Top(msg, 0))?;
+    let mut in_flight = std::collections::VecDeque::with_capacity(window);
+    let mut next = 0;
+    loop {
+        while in_flight.len() < window && next < msgs.len() {
+            session.queue(&Command::Top(msgs[next], 0))?;
+            in_flight.push_back(msgs[next]);
+            next += 1;
         }
         session.flush().await?;
-        for &msg in chunk {
-            let reply = session.read_status().await?;
-            if reply.status != Status::Ok {
-                continue; // no TOP, or the message is gone: no header fields
-            }
-            let mut kept = Vec::new();
-            session
-                .read_body(TOP_LIMIT, |chunk| {
-                    let room = HEADER_KEEP.saturating_sub(kept.len());
-                    kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    Ok::<(), std::convert::Infallible>(())
-                })
-                .await
-                .map_err(|e| match e {
-                    BodyError::Session(e) => e,
-                    BodyError::Sink(never) => match never {},
-                })?;
-            out.insert(msg, kept);
+        let Some(msg) = in_flight.pop_front() else {
+            return Ok(out);
+        };
+        let reply = session.read_status().await?;
+        if reply.status != Status::Ok {
+            continue; // no TOP, or the message is gone: no header fields
         }
+        let mut kept = Vec::new();
+        session
+            .read_body(TOP_LIMIT, |chunk| {
+                let room = HEADER_KEEP.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .await
+            .map_err(|e| match e {
+                BodyError::Session(e) => e,
+                BodyError::Sink(never) => match never {},
+            })?;
+        out.insert(msg, kept);
     }
-    Ok(out)
 }
 
 pub async fn run(

@@ -9,6 +9,7 @@
 
 pub mod certs;
 pub mod daemon;
+pub mod delay_proxy;
 pub mod dovecot;
 pub mod scripted;
 
