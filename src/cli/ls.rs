@@ -10,7 +10,7 @@ use mail_parser::MessageParser;
 
 use crate::config::{Account, Config};
 use crate::pop3::{Command, ListEntry, Status, UidlEntry};
-use crate::session::{BodyError, Session, TraceSink};
+use crate::session::{Session, TraceSink};
 use crate::store::{KnownMessage, MessageState, Store};
 use crate::sync::plan::{self, Plan, Policy};
 
@@ -242,19 +242,7 @@ async fn headers(
         if reply.status != Status::Ok {
             continue; // no TOP, or the message is gone: no header fields
         }
-        let mut kept = Vec::new();
-        session
-            .read_body(TOP_LIMIT, |chunk| {
-                let room = HEADER_KEEP.saturating_sub(kept.len());
-                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .await
-            .map_err(|e| match e {
-                BodyError::Session(e) => e,
-                BodyError::Sink(never) => match never {},
-            })?;
-        out.insert(msg, kept);
+        out.insert(msg, session.read_body_prefix(TOP_LIMIT, HEADER_KEEP).await?);
     }
 }
 

@@ -418,17 +418,11 @@ impl Shell<'_> {
     }
 
     async fn show_body(&mut self, paged: bool, input: &mut dyn Input) -> Result<(), Failure> {
-        let mut body = Vec::new();
-        let s = self.session();
-        let read = s
-            .read_body(SHOW_LIMIT, |chunk| {
-                body.extend_from_slice(chunk);
-                Ok::<(), std::convert::Infallible>(())
-            })
+        let read = self
+            .session()
+            .read_body_prefix(SHOW_LIMIT, usize::MAX)
             .await;
-        if let Err(crate::session::BodyError::Session(e)) = read {
-            return Err(self.fail(e));
-        }
+        let body = read.map_err(|e| self.fail(e))?;
         let mut lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
         if body.ends_with(b"\n") {
             lines.pop();

@@ -225,6 +225,29 @@ impl Session {
         self.conn.read_body(limit, sink).await
     }
 
+    /// Reads a whole multi-line body (at most `limit` bytes, else an error)
+    /// and keeps its first `keep` bytes: e.g. the header section of a TOP.
+    pub async fn read_body_prefix(
+        &mut self,
+        limit: u64,
+        keep: usize,
+    ) -> Result<Vec<u8>, SessionError> {
+        let mut kept = Vec::new();
+        let read = self
+            .conn
+            .read_body(limit, |chunk| {
+                let room = keep.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .await;
+        match read {
+            Ok(_) => Ok(kept),
+            Err(BodyError::Session(e)) => Err(e),
+            Err(BodyError::Sink(never)) => match never {},
+        }
+    }
+
     /// Sends one command and waits for `+OK`.
     pub async fn command(&mut self, cmd: &Command<'_>) -> Result<StatusLine, SessionError> {
         self.conn.queue(cmd)?;
