@@ -309,10 +309,8 @@ impl Shell<'_> {
                 return Ok(false);
             }
             _ => {
-                say(&format!(
-                    "not sent: `{}` is not a POP3 command popsync knows with these arguments; type .help",
-                    sanitize(verb.as_bytes(), 40)
-                ));
+                // The word is not repeated: it may be a password typed at the wrong prompt.
+                say("not sent: not a POP3 command popsync knows with these arguments; type .help");
                 return Ok(false);
             }
         };
