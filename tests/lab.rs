@@ -405,3 +405,56 @@ fn ls_of_3000_messages_measured() {
         );
     }
 }
+
+#[test]
+fn shell_apop_login_computes_the_digest_and_never_shows_the_password() {
+    let (_d, p, _) = setup(&[message(1)]);
+    let run = p.run_stdin(
+        &["--trace", "shell", "alice", "--login", "manual"],
+        "APOP alice\nsecret1\nSTAT\nQUIT\n",
+        LIMIT,
+    );
+    run.expect_code(0);
+    let out = run.stdout();
+    assert!(out.contains("alice TRANSACTION> STAT\nS: +OK 1 "), "{out}");
+    for text in [&out, &run.stderr()] {
+        assert!(!text.contains("secret1"), "password shown:\n{text}");
+    }
+    assert!(
+        run.stderr().contains("C: APOP alice <redacted>"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn an_altered_mbox_copy_stays_in_place_and_the_fresh_copy_is_appended() {
+    let d = Dovecot::start();
+    d.add_messages("alice", &[message(1), message(2)]);
+    let mbox = tempfile::tempdir().unwrap().keep().join("alice.mbox");
+    let mut a = AccountToml::tls("alice", &d, "alice");
+    a.mbox(&mbox);
+    let p = Popsync::new(&a.render());
+    p.run(&["sync"]).expect_code(0);
+    let mut bytes = std::fs::read(&mbox).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"body 1").unwrap();
+    bytes[at] = b'B';
+    std::fs::write(&mbox, &bytes).unwrap();
+    p.run(&["verify"]).expect_code(10);
+
+    let run = p.run(&["verify", "--repair"]);
+    run.expect_code(0);
+    assert!(run.stdout().contains("left in place"), "{}", run.stdout());
+    assert_eq!(
+        std::fs::read(&mbox).unwrap(),
+        bytes,
+        "the mbox was rewritten"
+    );
+    let run = p.run(&["sync"]);
+    assert!(run.stdout().contains("alice: 1 new"), "{}", run.stdout());
+    p.run(&["verify"]).expect_code(0);
+    let after = std::fs::read(&mbox).unwrap();
+    assert!(after.starts_with(&bytes), "appended, not rewritten");
+    assert_eq!(String::from_utf8_lossy(&after).matches("body 1").count(), 1);
+    assert_eq!(String::from_utf8_lossy(&after).matches("Body 1").count(), 1);
+}
