@@ -18,6 +18,7 @@ pub mod datetime;
 pub mod deliver;
 pub mod migrate;
 pub mod notify;
+pub mod ownership;
 pub mod pop3;
 pub mod repair;
 pub mod session;

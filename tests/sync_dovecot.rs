@@ -304,8 +304,9 @@ fn torn_mbox_append_is_repaired() {
         .set_batch_mark(
             acct,
             &desc,
-            popsync::deliver::BatchMark {
+            &popsync::deliver::BatchMark {
                 mbox_length: Some(len),
+                tmp_prefix: None,
             },
             1,
         )

@@ -33,6 +33,11 @@ pub enum ConfigError {
     )]
     Permissions { path: PathBuf, mode: u32 },
 
+    /// Owned by another user, writable by group or others, or inside such a
+    /// directory: anyone who can change it can run commands as this user.
+    #[error("{0}")]
+    Unsafe(#[from] crate::ownership::UnsafePath),
+
     #[error("no [account.NAME] table in {}", .path.display())]
     NoAccounts { path: PathBuf },
 

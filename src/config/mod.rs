@@ -98,6 +98,11 @@ impl Config {
             }
             Err(e) => return Err(read_err(e)),
         };
+        // fstat of the file we read: its password_command and mda run as us.
+        let meta = file.metadata().map_err(read_err)?;
+        crate::ownership::check_object("config file", path, &meta)?;
+        let real = std::fs::canonicalize(path).map_err(read_err)?;
+        crate::ownership::check_ancestors("config file", &real)?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(read_err)?;
         let table = parse::parse_table(&text, path)?;

@@ -1,26 +1,29 @@
 //! Maildir delivery (cr.yp.to/proto/maildir.html), written to the spec:
 //! write into `tmp/`, make the batch durable, link into `new/`, fsync `new/`.
+//!
+//! Every file operation runs relative to the directory descriptors opened
+//! once in [`Maildir::open`] (`tmp/`, `new/`, `cur/` with `O_NOFOLLOW`), so a
+//! directory swapped for a symlink later cannot redirect a write or an unlink.
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, DirBuilder, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use super::util::{cvt_retry, io_err};
+use super::util::io_err;
 use super::{BatchMark, DeliverError, Location, MessageMeta, StoredMessage, Target};
+use crate::ownership::{self, UnsafePath};
 
 /// Per-process counter for the `Q<n>` part of unique names.
 static DELIVERY_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Files in `tmp/` untouched for this long may be removed (maildir spec).
-const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
 
 /// Above this many files a batch is made durable with one `syncfs`.
 const SYNCFS_MIN_FILES: usize = 4;
@@ -38,12 +41,17 @@ pub struct Maildir {
     tmp: PathBuf,
     new: PathBuf,
     cur: PathBuf,
+    tmp_dir: OwnedFd,
+    new_dir: OwnedFd,
+    cur_dir: OwnedFd,
     host: String,
     /// `tmp/` opened at `begin_batch`: `syncfs` reports writeback errors of
     /// the filesystem since this descriptor was opened (Linux >= 5.8).
-    batch_dir: Option<File>,
+    batch_dir: Option<OwnedFd>,
     /// This batch's filesystem reports writeback errors to `syncfs`.
     batch_syncfs: bool,
+    /// The journaled prefix of this batch's file names.
+    batch_prefix: Option<String>,
     batch: Vec<Entry>,
     current: Option<Current>,
     synced: bool,
@@ -66,53 +74,107 @@ struct Current {
     size: u64,
 }
 
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
 impl Maildir {
     /// Opens (creating if needed, mode 0700) a maildir and its `cur/ new/ tmp/`.
+    ///
+    /// The maildir must be owned by the running user (or root) and not
+    /// writable by group or others, like its ancestors (see `ownership`);
+    /// `tmp/ new/ cur/` must be real directories, not symlinks.
     pub fn open(path: &Path) -> Result<Maildir, DeliverError> {
         let target = format!("maildir {}", path.display());
         let mut created = false;
-        for dir in [
-            path.to_path_buf(),
-            path.join("cur"),
-            path.join("new"),
-            path.join("tmp"),
-        ] {
-            match fs::metadata(&dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(io_err(
-                        &target,
-                        "open directory",
-                        &dir,
-                        io::Error::from_raw_os_error(libc::ENOTDIR),
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(&dir)
-                        .map_err(|e| io_err(&target, "create directory", &dir, e))?;
-                    created = true;
-                }
-                Err(e) => return Err(io_err(&target, "stat", &dir, e)),
+        match fs::metadata(path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(io_err(
+                    &target,
+                    "open directory",
+                    path,
+                    io::Error::from_raw_os_error(libc::ENOTDIR),
+                ));
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(path)
+                    .map_err(|e| io_err(&target, "create directory", path, e))?;
+                created = true;
+            }
+            Err(e) => return Err(io_err(&target, "stat", path, e)),
         }
-        for dir in [path.join("new"), path.join("tmp")] {
-            check_writable(&dir).map_err(|e| io_err(&target, "check writable", &dir, e))?;
+        // The root may be a symlink the user made; what it leads to is checked.
+        let root_dir = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(&target, "open directory", path, e.into()))?;
+        check_dir(&target, "maildir", path, &root_dir)?;
+        let real = fs::canonicalize(path).map_err(|e| io_err(&target, "resolve", path, e))?;
+        ownership::check_ancestors("maildir", &real)?;
+        let mut open_sub = |name: &str| -> Result<OwnedFd, DeliverError> {
+            let sub = path.join(name);
+            let fd = match rustix::fs::openat(&root_dir, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => {
+                    rustix::fs::mkdirat(&root_dir, name, Mode::RWXU)
+                        .map_err(|e| io_err(&target, "create directory", &sub, e.into()))?;
+                    created = true;
+                    rustix::fs::openat(&root_dir, name, DIR_FLAGS, Mode::empty())
+                        .map_err(|e| io_err(&target, "open directory", &sub, e.into()))?
+                }
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                    return Err(UnsafePath {
+                        what: "maildir directory",
+                        path: sub.clone(),
+                        problem: "is not a real directory (a symlink or a file)".into(),
+                        fix: format!(
+                            "replace it with a directory: `mkdir -m 700 {}`",
+                            sub.display()
+                        ),
+                    }
+                    .into());
+                }
+                Err(e) => return Err(io_err(&target, "open directory", &sub, e.into())),
+            };
+            check_dir(&target, "maildir directory", &sub, &fd)?;
+            Ok(fd)
+        };
+        let cur_dir = open_sub("cur")?;
+        let new_dir = open_sub("new")?;
+        let tmp_dir = open_sub("tmp")?;
+        for (dir, fd) in [(path.join("new"), &new_dir), (path.join("tmp"), &tmp_dir)] {
+            rustix::fs::accessat(
+                fd,
+                ".",
+                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+                AtFlags::empty(),
+            )
+            .map_err(|e| io_err(&target, "check writable", &dir, e.into()))?;
         }
         if created {
             // Make the new subdirectories themselves durable before mail goes in.
-            fsync_dir(path).map_err(|e| io_err(&target, "fsync directory", path, e))?;
+            rustix::fs::fsync(&root_dir)
+                .map_err(|e| io_err(&target, "fsync directory", path, e.into()))?;
         }
         Ok(Maildir {
             root: path.to_path_buf(),
             tmp: path.join("tmp"),
             new: path.join("new"),
             cur: path.join("cur"),
+            tmp_dir,
+            new_dir,
+            cur_dir,
             host: sanitized_hostname(),
             batch_dir: None,
             batch_syncfs: false,
+            batch_prefix: None,
             batch: Vec::new(),
             current: None,
             synced: true,
@@ -125,33 +187,43 @@ impl Maildir {
         if !valid_name(name) {
             return None;
         }
-        let p = self.new.join(name);
-        if p.is_file() {
-            return Some(p);
+        if is_regular_at(&self.new_dir, name).ok()? {
+            return Some(self.new.join(name));
         }
         let mut wanted = HashSet::new();
         wanted.insert(name);
-        let found = scan_cur(&self.cur, &wanted).ok()?;
-        found.get(name).and_then(|v| v.first().cloned())
+        let found = scan_cur_at(&self.cur_dir, &wanted).ok()?;
+        found
+            .get(name)
+            .and_then(|v| v.first())
+            .map(|n| self.cur.join(n))
     }
 
     fn target(&self) -> String {
         self.describe()
     }
 
-    fn next_name(&self) -> String {
+    /// `SECS.MUSECSPPID`: fixed per batch and journaled, so recovery can
+    /// tell this batch's files from anything else in `tmp/`.
+    fn new_prefix() -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let n = DELIVERY_COUNTER.fetch_add(1, Ordering::Relaxed);
         format!(
-            "{}.M{}P{}Q{}.{}",
+            "{}.M{}P{}",
             now.as_secs(),
             now.subsec_micros(),
-            std::process::id(),
-            n,
-            self.host
+            std::process::id()
         )
+    }
+
+    fn next_name(&self) -> String {
+        let prefix = match &self.batch_prefix {
+            Some(p) => p.clone(),
+            None => Self::new_prefix(),
+        };
+        let n = DELIVERY_COUNTER.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}Q{n}.{}", self.host)
     }
 
     fn fail_if_batch_open(&self) -> Result<(), DeliverError> {
@@ -179,8 +251,7 @@ impl Maildir {
         {
             // One flush of the filesystem instead of one journal commit
             // per file; errors since `begin_batch` are reported here.
-            cvt_retry(|| unsafe { libc::syncfs(dir.as_raw_fd()) })
-                .map_err(|e| io_err(&target, "syncfs", &self.tmp, e))?;
+            rustix::fs::syncfs(dir).map_err(|e| io_err(&target, "syncfs", &self.tmp, e.into()))?;
             for &i in &unsynced {
                 self.batch[i].file = None;
                 self.batch[i].needs_sync = false;
@@ -191,9 +262,7 @@ impl Maildir {
         #[cfg(target_os = "linux")]
         for &i in &unsynced {
             if let Some(f) = &self.batch[i].file {
-                unsafe {
-                    libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-                }
+                start_writeback(f);
             }
         }
         for &i in &unsynced {
@@ -202,7 +271,8 @@ impl Maildir {
             // should one be closed anyway, reopening still flushes its pages.
             let f = match self.batch[i].file.take() {
                 Some(f) => f,
-                None => File::open(&path).map_err(|e| io_err(&target, "open", &path, e))?,
+                None => open_file_at(&self.tmp_dir, &self.batch[i].name)
+                    .map_err(|e| io_err(&target, "open", &path, e))?,
             };
             f.sync_all()
                 .map_err(|e| io_err(&target, "fsync", &path, e))?;
@@ -212,23 +282,27 @@ impl Maildir {
     }
 
     fn remove_tmp(&self, name: &str) -> Result<(), DeliverError> {
-        let p = self.tmp.join(name);
-        match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&self.target(), "remove", &p, e)),
+        match rustix::fs::unlinkat(&self.tmp_dir, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(io_err(
+                &self.target(),
+                "remove",
+                &self.tmp.join(name),
+                e.into(),
+            )),
         }
     }
 
     /// Links `tmp/name` to `new/name` without ever replacing an existing file.
     fn link_into_new(&self, name: &str) -> Result<(), DeliverError> {
-        let from = self.tmp.join(name);
         let to = self.new.join(name);
-        match fs::hard_link(&from, &to) {
+        match rustix::fs::linkat(&self.tmp_dir, name, &self.new_dir, name, AtFlags::empty()) {
             Ok(()) => {}
-            Err(e) if link_unsupported(&e) => rename_noreplace(&from, &to)
-                .map_err(|e| io_err(&self.target(), "rename into new/", &to, e))?,
-            Err(e) => return Err(io_err(&self.target(), "link into new/", &to, e)),
+            Err(e) if link_unsupported(e) => {
+                rename_noreplace_at(&self.tmp_dir, &self.new_dir, name)
+                    .map_err(|e| io_err(&self.target(), "rename into new/", &to, e))?
+            }
+            Err(e) => return Err(io_err(&self.target(), "link into new/", &to, e.into())),
         }
         // The message is visible now; a leftover tmp link is harmless (same inode).
         if let Err(e) = self.remove_tmp(name) {
@@ -237,37 +311,23 @@ impl Maildir {
         Ok(())
     }
 
-    /// Removes files in `tmp/` untouched for 36 hours, except `keep`.
-    fn clean_tmp(&self, keep: &HashSet<&str>) {
-        let Ok(rd) = fs::read_dir(&self.tmp) else {
-            return;
-        };
-        let now = SystemTime::now();
-        for ent in rd.flatten() {
-            let fname = ent.file_name();
-            let Some(fname) = fname.to_str() else {
-                continue;
-            };
-            if keep.contains(fname) {
+    /// Removes the `tmp/` files an interrupted batch with `prefix` created
+    /// (`PREFIX<n>.<host>`), except `keep`; only regular files, never a
+    /// symlink's target, never anything by age.
+    fn clean_batch_tmp(&self, prefix: &str, keep: &HashSet<&str>) -> Result<(), DeliverError> {
+        let target = self.target();
+        let names = list_names(&self.tmp_dir).map_err(|e| io_err(&target, "read", &self.tmp, e))?;
+        for name in names {
+            if keep.contains(name.as_str()) || !is_batch_name(&name, prefix) {
                 continue;
             }
-            let Ok(m) = ent.metadata() else { continue };
-            if !m.is_file() {
+            if !is_regular_at(&self.tmp_dir, &name).unwrap_or(false) {
                 continue;
             }
-            // Newest of atime/mtime: relatime/noatime can leave atime stale.
-            let newest = m.atime().max(m.mtime());
-            let age = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64 - newest;
-            if age > TMP_MAX_AGE.as_secs() as i64 {
-                let p = ent.path();
-                match fs::remove_file(&p) {
-                    Ok(()) => tracing::info!("{}: removed stale {}", self.target(), p.display()),
-                    Err(e) => {
-                        tracing::warn!("{}: remove stale {}: {e}", self.target(), p.display())
-                    }
-                }
-            }
+            self.remove_tmp(&name)?;
+            tracing::info!("{target}: removed unfinished delivery tmp/{name}");
         }
+        Ok(())
     }
 }
 
@@ -278,7 +338,7 @@ impl Target for Maildir {
 
     fn recover(
         &mut self,
-        _mark: Option<BatchMark>,
+        mark: Option<BatchMark>,
         pending: &[StoredMessage],
     ) -> Result<Vec<bool>, DeliverError> {
         let target = self.target();
@@ -292,7 +352,7 @@ impl Target for Maildir {
         let in_cur = if names.is_empty() {
             HashMap::new()
         } else {
-            scan_cur(&self.cur, &names).map_err(|e| io_err(&target, "read", &self.cur, e))?
+            scan_cur_at(&self.cur_dir, &names).map_err(|e| io_err(&target, "read", &self.cur, e))?
         };
         let mut out = Vec::with_capacity(pending.len());
         let mut published_any = false;
@@ -305,55 +365,62 @@ impl Target for Maildir {
                     continue;
                 }
             };
-            let mut candidates = vec![self.new.join(name)];
+            let mut candidates: Vec<(&OwnedFd, PathBuf, String)> =
+                vec![(&self.new_dir, self.new.clone(), name.clone())];
             if let Some(v) = in_cur.get(name.as_str()) {
-                candidates.extend(v.iter().cloned());
+                candidates.extend(
+                    v.iter()
+                        .map(|n| (&self.cur_dir, self.cur.clone(), n.clone())),
+                );
             }
-            let mut intact: Option<PathBuf> = None;
+            let mut intact: Option<(&OwnedFd, String)> = None;
             let mut seen_elsewhere = false;
-            for c in &candidates {
-                match file_matches(c, msg) {
+            for (dir, dir_path, entry) in &candidates {
+                match file_matches_at(dir, entry, msg) {
                     Ok(true) => {
-                        intact = Some(c.clone());
+                        intact = Some((dir, entry.clone()));
                         break;
                     }
                     Ok(false) => {
                         seen_elsewhere = true;
                         tracing::warn!(
                             "{target}: {} differs from what was delivered; keeping it, not counting it",
-                            c.display()
+                            dir_path.join(entry).display()
                         );
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io_err(&target, "verify", c, e)),
+                    Err(e) => return Err(io_err(&target, "verify", &dir_path.join(entry), e)),
                 }
             }
             let tmp_path = self.tmp.join(name);
-            let tmp_meta = match fs::symlink_metadata(&tmp_path) {
-                Ok(m) => Some(m),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err(&target, "stat", &tmp_path, e)),
-            };
-            if let Some(found) = intact {
+            let tmp_stat =
+                match rustix::fs::statat(&self.tmp_dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => Some(st),
+                    Err(rustix::io::Errno::NOENT) => None,
+                    Err(e) => return Err(io_err(&target, "stat", &tmp_path, e.into())),
+                };
+            if let Some((dir, entry)) = intact {
                 // A tmp link left by an interrupted publish: drop it only if
                 // it is the very same inode.
-                if let (Some(tm), Ok(fm)) = (&tmp_meta, fs::metadata(&found))
-                    && tm.dev() == fm.dev()
-                    && tm.ino() == fm.ino()
+                if let (Some(tm), Ok(fm)) = (
+                    &tmp_stat,
+                    rustix::fs::statat(dir, entry.as_str(), AtFlags::SYMLINK_NOFOLLOW),
+                ) && tm.st_dev == fm.st_dev
+                    && tm.st_ino == fm.st_ino
                 {
                     self.remove_tmp(name)?;
                 }
                 out.push(true);
                 continue;
             }
-            if tmp_meta.is_none() || seen_elsewhere {
+            if tmp_stat.is_none() || seen_elsewhere {
                 out.push(false);
                 continue;
             }
             // Only in tmp/: it was synced before being journaled. If it is
             // intact, finishing the publication loses nothing; a re-download
             // may not be possible (servers that hide already-fetched mail).
-            match file_matches(&tmp_path, msg) {
+            match file_matches_at(&self.tmp_dir, name, msg) {
                 Ok(true) => {
                     self.link_into_new(name)?;
                     published_any = true;
@@ -367,25 +434,37 @@ impl Target for Maildir {
                     self.remove_tmp(name)?;
                     out.push(false);
                 }
+                // A symlink named like our file: not ours to judge or remove.
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => out.push(false),
                 Err(e) => return Err(io_err(&target, "verify", &tmp_path, e)),
             }
         }
         if published_any {
-            fsync_dir(&self.new).map_err(|e| io_err(&target, "fsync directory", &self.new, e))?;
+            rustix::fs::fsync(&self.new_dir)
+                .map_err(|e| io_err(&target, "fsync directory", &self.new, e.into()))?;
         }
-        self.clean_tmp(&names);
+        if let Some(prefix) = mark.and_then(|m| m.tmp_prefix)
+            && valid_name(&prefix)
+        {
+            self.clean_batch_tmp(&prefix, &names)?;
+        }
         Ok(out)
     }
 
     fn begin_batch(&mut self) -> Result<BatchMark, DeliverError> {
         self.fail_if_batch_open()?;
         self.batch.clear();
-        let dir =
-            File::open(&self.tmp).map_err(|e| io_err(&self.target(), "open", &self.tmp, e))?;
+        let dir = rustix::fs::openat(&self.tmp_dir, ".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| io_err(&self.target(), "open", &self.tmp, e.into()))?;
         self.batch_syncfs = syncfs_is_reliable(&dir);
         self.batch_dir = Some(dir);
         self.synced = true;
-        Ok(BatchMark { mbox_length: None })
+        let prefix = Self::new_prefix();
+        self.batch_prefix = Some(prefix.clone());
+        Ok(BatchMark {
+            mbox_length: None,
+            tmp_prefix: Some(prefix),
+        })
     }
 
     fn begin_message(&mut self, meta: &MessageMeta) -> Result<(), DeliverError> {
@@ -394,17 +473,18 @@ impl Target for Maildir {
         }
         let name = self.next_name();
         let path = self.tmp.join(&name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| io_err(&self.target(), "create", &path, e))?;
+        let fd = rustix::fs::openat(
+            &self.tmp_dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )
+        .map_err(|e| io_err(&self.target(), "create", &path, e.into()))?;
         self.synced = false;
         self.current = Some(Current {
             name,
             path,
-            writer: BufWriter::with_capacity(BUF_SIZE, file),
+            writer: BufWriter::with_capacity(BUF_SIZE, File::from(fd)),
             hasher: Sha256::new(),
             size: 0,
         });
@@ -450,7 +530,7 @@ impl Target for Maildir {
             Ok(f) => f,
             Err(e) => {
                 let err = io_err(&target, "write", &path, e.into_error());
-                let _ = fs::remove_file(&path);
+                let _ = self.remove_tmp(&name);
                 return Err(err);
             }
         };
@@ -470,7 +550,7 @@ impl Target for Maildir {
             && let Some(f) = entry.file.take()
         {
             if let Err(e) = f.sync_all() {
-                let _ = fs::remove_file(&path);
+                let _ = self.remove_tmp(&name);
                 return Err(io_err(&target, "fsync", &path, e));
             }
             entry.needs_sync = false;
@@ -486,10 +566,8 @@ impl Target for Maildir {
     fn abort_message(&mut self) {
         if let Some(cur) = self.current.take() {
             drop(cur.writer);
-            if let Err(e) = fs::remove_file(&cur.path)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                tracing::warn!("{}: remove {}: {e}", self.target(), cur.path.display());
+            if let Err(e) = self.remove_tmp(&cur.name) {
+                tracing::warn!("{e}");
             }
         }
     }
@@ -530,14 +608,15 @@ impl Target for Maildir {
         }
         // Even after a failure, make the links already done durable.
         if linked {
-            fsync_dir(&self.new)
-                .map_err(|e| io_err(&self.target(), "fsync directory", &self.new, e))?;
+            rustix::fs::fsync(&self.new_dir)
+                .map_err(|e| io_err(&self.target(), "fsync directory", &self.new, e.into()))?;
         }
         if let Some(e) = first_err {
             return Err(e);
         }
         self.batch.clear();
         self.batch_dir = None;
+        self.batch_prefix = None;
         Ok(())
     }
 
@@ -554,6 +633,7 @@ impl Target for Maildir {
             }
         }
         self.batch_dir = None;
+        self.batch_prefix = None;
         self.batch_syncfs = false;
         self.synced = true;
         first_err.map_or(Ok(()), Err)
@@ -563,6 +643,82 @@ impl Target for Maildir {
 /// A name from the journal must be one plain file name.
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
+}
+
+/// `PREFIX` `Q` digits `.` host: a file name this batch gave out.
+fn is_batch_name(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('Q')) else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && rest[digits..].starts_with('.') && rest.len() > digits + 1
+}
+
+/// fstat of an opened directory, judged like any object popsync trusts.
+fn check_dir(
+    target: &str,
+    what: &'static str,
+    path: &Path,
+    fd: &OwnedFd,
+) -> Result<(), DeliverError> {
+    let file = File::from(
+        fd.try_clone()
+            .map_err(|e| io_err(target, "stat", path, e))?,
+    );
+    let meta = file
+        .metadata()
+        .map_err(|e| io_err(target, "stat", path, e))?;
+    ownership::check_object(what, path, &meta)?;
+    Ok(())
+}
+
+/// Opens `dir/name` for reading, never through a symlink.
+fn open_file_at(dir: &OwnedFd, name: &str) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
+fn is_regular_at(dir: &OwnedFd, name: &str) -> io::Result<bool> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        ),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The entry names of an opened directory (without `.` and `..`).
+fn list_names(dir: &OwnedFd) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for ent in rustix::fs::Dir::read_from(dir)? {
+        let ent = ent?;
+        let bytes = ent.file_name().to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        if let Some(name) = OsStr::from_bytes(bytes).to_str() {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Maps each wanted base name to the `cur/` entries for it (`NAME`, `NAME:2,FLAGS`).
+fn scan_cur_at(cur: &OwnedFd, wanted: &HashSet<&str>) -> io::Result<HashMap<String, Vec<String>>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for fname in list_names(cur)? {
+        let base = fname.split_once(':').map_or(fname.as_str(), |(b, _)| b);
+        if wanted.contains(base) {
+            out.entry(base.to_string()).or_default().push(fname.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Maps each wanted base name to the `cur/` entries for it (`NAME`, `NAME:2,FLAGS`).
@@ -582,10 +738,12 @@ fn scan_cur(cur: &Path, wanted: &HashSet<&str>) -> io::Result<HashMap<String, Ve
     Ok(out)
 }
 
-/// True if the file has exactly the size and SHA-256 recorded.
-fn file_matches(path: &Path, msg: &StoredMessage) -> io::Result<bool> {
-    let mut f = File::open(path)?;
-    if f.metadata()?.len() != msg.size {
+/// True if `dir/name` (never followed if a symlink) has exactly the size
+/// and SHA-256 recorded.
+fn file_matches_at(dir: &OwnedFd, name: &str, msg: &StoredMessage) -> io::Result<bool> {
+    let mut f = open_file_at(dir, name)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.len() != msg.size {
         return Ok(false);
     }
     let (total, sha) = sha256_stream(&mut f)?;
@@ -631,16 +789,6 @@ pub fn locate(root: &Path, names: &HashSet<&str>) -> io::Result<HashMap<String, 
     Ok(out)
 }
 
-fn fsync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
-}
-
-fn check_writable(path: &Path) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    cvt_retry(|| unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) }).map(|_| ())
-}
-
 /// Host part of unique names: `/` and `:` are escaped as the spec says.
 fn sanitized_hostname() -> String {
     let h = gethostname::gethostname();
@@ -650,42 +798,46 @@ fn sanitized_hostname() -> String {
 }
 
 /// Filesystems where link(2) is not available (vfat, some FUSE mounts).
-fn link_unsupported(e: &io::Error) -> bool {
+fn link_unsupported(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
     matches!(
-        e.raw_os_error(),
-        Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) | Some(libc::EMLINK)
+        e,
+        Errno::PERM | Errno::NOSYS | Errno::OPNOTSUPP | Errno::MLINK
     )
 }
 
-/// rename(2) that fails with EEXIST instead of replacing the target.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let f = CString::new(from.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let t = CString::new(to.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    #[cfg(target_os = "linux")]
-    {
-        let r = cvt_retry(|| unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                f.as_ptr(),
-                libc::AT_FDCWD,
-                t.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        });
-        match r {
-            Ok(_) => return Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {}
-            Err(e) => return Err(e),
-        }
+/// rename(2) of `from_dir/name` to `to_dir/name` that fails with EEXIST
+/// instead of replacing the target.
+fn rename_noreplace_at(from_dir: &OwnedFd, to_dir: &OwnedFd, name: &str) -> io::Result<()> {
+    use rustix::io::Errno;
+    match rustix::fs::renameat_with(
+        from_dir,
+        name,
+        to_dir,
+        name,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => return Ok(()),
+        Err(Errno::INVAL | Errno::NOSYS) => {}
+        Err(e) => return Err(e.into()),
     }
     // No atomic no-replace rename here: check first (names are unique, so
     // the window only matters against a misbehaving writer).
-    if fs::symlink_metadata(to).is_ok() {
+    if rustix::fs::statat(to_dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
         return Err(io::Error::from_raw_os_error(libc::EEXIST));
     }
-    cvt_retry(|| unsafe { libc::rename(f.as_ptr(), t.as_ptr()) }).map(|_| ())
+    rustix::fs::renameat(from_dir, name, to_dir, name).map_err(Into::into)
+}
+
+/// Starts writeback of a file's dirty pages without waiting.
+#[cfg(target_os = "linux")]
+fn start_writeback(f: &File) {
+    use std::os::fd::AsRawFd;
+    // rustix has no sync_file_range wrapper; this stays unsafe.
+    // SAFETY: a valid descriptor we own; the call only reads its arguments.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// Linux >= 5.8; the kernel does not change under us, so ask once.
@@ -693,17 +845,8 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 fn kernel_reports_syncfs_errors() -> bool {
     static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ANSWER.get_or_init(|| {
-        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-        if unsafe { libc::uname(&mut uts) } != 0 {
-            return false;
-        }
-        let rel: Vec<u8> = uts
-            .release
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        let rel = String::from_utf8_lossy(&rel);
+        let uts = rustix::system::uname();
+        let rel = uts.release().to_string_lossy();
         let mut parts = rel.split(|c: char| !c.is_ascii_digit());
         let major: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         let minor: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -714,16 +857,15 @@ fn kernel_reports_syncfs_errors() -> bool {
 /// `syncfs` flushes a whole filesystem once, but it only reports writeback
 /// errors since Linux 5.8, and only filesystems with a real `sync_fs` make
 /// the data durable; elsewhere we fsync file by file.
-fn syncfs_is_reliable(dir: &File) -> bool {
+fn syncfs_is_reliable(dir: &impl AsFd) -> bool {
     #[cfg(target_os = "linux")]
     {
         if !kernel_reports_syncfs_errors() {
             return false;
         }
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut st) } != 0 {
+        let Ok(st) = rustix::fs::fstatfs(dir) else {
             return false;
-        }
+        };
         const EXT4: i64 = 0xEF53;
         const XFS: i64 = 0x5846_5342;
         const BTRFS: i64 = 0x9123_683E;
@@ -785,7 +927,9 @@ mod tests {
             .map(|i| [format!("Subject: {i}\n\nbody \0").as_bytes(), b"\xff\n"].concat())
             .collect();
         let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
-        assert_eq!(md.begin_batch().unwrap(), BatchMark { mbox_length: None });
+        let mark = md.begin_batch().unwrap();
+        assert_eq!(mark.mbox_length, None);
+        let prefix = mark.tmp_prefix.unwrap();
         md.begin_message(&MessageMeta {
             received_header: Some(b"Received: by popsync\n".to_vec()),
         })
@@ -809,6 +953,7 @@ mod tests {
                 name.contains(&format!("P{}Q", std::process::id())),
                 "{name}"
             );
+            assert!(is_batch_name(&name, &prefix), "{name} {prefix}");
             let p = root.join("new").join(&name);
             assert_eq!(&fs::read(&p).unwrap(), m);
             assert_eq!(s.size, m.len() as u64);
@@ -890,26 +1035,34 @@ mod tests {
         fs::rename(root.join("new").join(&n3), root.join("cur").join(&n3)).unwrap();
         fs::write(root.join("new").join(name_of(&s[2])), b"altered!\n").unwrap();
 
-        // A batch interrupted before publish: one intact, one torn in tmp/.
-        md.begin_batch().unwrap();
-        let t = deliver(&mut md, &[b"intact in tmp\n", b"torn in tmp\n"]);
+        // A batch interrupted before publish: one intact, one torn in tmp/,
+        // one written but not yet journaled (crash before the intent rows).
+        let mark = md.begin_batch().unwrap();
+        let t = deliver(
+            &mut md,
+            &[b"intact in tmp\n", b"torn in tmp\n", b"unjournaled\n"],
+        );
         md.sync_batch().unwrap();
         md.batch.clear(); // simulate the crash: forget the batch
         let torn = root.join("tmp").join(name_of(&t[1]));
         fs::write(&torn, b"torn").unwrap();
-        // Stale junk and a fresh foreign file in tmp/.
+        let unjournaled = root.join("tmp").join(name_of(&t[2]));
+        // Files popsync did not write stay, however old: never "stale".
         let old = root.join("tmp").join("old-junk");
         fs::write(&old, b"x").unwrap();
-        let c = CString::new(old.as_os_str().as_bytes()).unwrap();
-        let times = [libc::timespec {
-            tv_sec: 1000,
-            tv_nsec: 0,
-        }; 2];
-        assert_eq!(
-            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
-            0
-        );
+        let times = [rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 1000,
+                tv_nsec: 0,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 1000,
+                tv_nsec: 0,
+            },
+        }];
+        rustix::fs::utimensat(rustix::fs::CWD, &old, &times[0], AtFlags::empty()).unwrap();
         fs::write(root.join("tmp").join("fresh"), b"x").unwrap();
+        let t = t[..2].to_vec();
 
         let mut pending = s.clone();
         pending.extend(t.clone());
@@ -920,8 +1073,12 @@ mod tests {
             size: 0,
             sha256: sha(b""),
         });
-        let r = md.recover(None, &pending).unwrap();
+        let r = md.recover(Some(mark), &pending).unwrap();
         assert_eq!(r, vec![true, true, false, true, true, false, false]);
+        assert!(
+            !unjournaled.exists(),
+            "the batch's own unjournaled file is removed"
+        );
         // Altered file is kept, never deleted.
         assert_eq!(
             fs::read(root.join("new").join(name_of(&s[2]))).unwrap(),
@@ -934,7 +1091,10 @@ mod tests {
         );
         assert!(!torn.exists());
         assert!(!root.join("tmp").join(name_of(&t[0])).exists());
-        assert!(!old.exists(), "36 h old tmp file is cleaned");
+        assert!(
+            old.exists(),
+            "a file popsync did not write is never removed"
+        );
         assert!(root.join("tmp").join("fresh").exists());
         assert!(md.find(&n1).unwrap().ends_with(format!("{n1}:2,RS")));
         assert!(md.find("nope").is_none());

@@ -404,6 +404,7 @@ impl Target for Mbox {
         self.synced = true;
         Ok(BatchMark {
             mbox_length: Some(len),
+            tmp_prefix: None,
         })
     }
 
@@ -1176,7 +1177,10 @@ mod tests {
         f.write_all(b"From other x\n\nforeign\n\n").unwrap();
         let now = fs::read(&path).unwrap();
         let mut mb = open(&path);
-        assert_eq!(mb.recover(Some(mark), &s).unwrap(), vec![true, true]);
+        assert_eq!(
+            mb.recover(Some(mark.clone()), &s).unwrap(),
+            vec![true, true]
+        );
         assert_eq!(fs::read(&path).unwrap(), now);
         // Rewritten shorter by a mail reader: nothing is ours any more.
         fs::write(&path, b"From a x\n\nb\n\n").unwrap();

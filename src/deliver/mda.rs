@@ -145,7 +145,7 @@ impl Target for Mda {
     }
 
     fn begin_batch(&mut self) -> Result<BatchMark, DeliverError> {
-        Ok(BatchMark { mbox_length: None })
+        Ok(BatchMark::default())
     }
 
     fn begin_message(&mut self, meta: &MessageMeta) -> Result<(), DeliverError> {

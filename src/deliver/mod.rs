@@ -49,10 +49,20 @@ pub struct StoredMessage {
 }
 
 /// What the engine must journal before a batch writes anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchMark {
     /// mbox: file length before the batch; `None` for other targets.
     pub mbox_length: Option<u64>,
+    /// maildir: every `tmp/` file of the batch is named `PREFIX<n>.<host>`;
+    /// recovery removes such files and nothing else.
+    pub tmp_prefix: Option<String>,
+}
+
+impl BatchMark {
+    /// Whether the engine must journal the mark before the batch writes.
+    pub fn needs_journal(&self) -> bool {
+        self.mbox_length.is_some() || self.tmp_prefix.is_some()
+    }
 }
 
 /// Per-message data the engine passes to `begin_message`.
@@ -76,6 +86,10 @@ pub enum DeliverError {
     Locked { target: String, detail: String },
     #[error("MDA `{command}` {reason}")]
     Mda { command: String, reason: String },
+    /// The target could be changed by another user, or is a symlink where
+    /// a real directory or file must be.
+    #[error("{0}")]
+    Unsafe(#[from] crate::ownership::UnsafePath),
     #[error("{0}")]
     Other(String),
 }

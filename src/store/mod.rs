@@ -21,6 +21,7 @@ pub use report::{AccountCounts, DeliveryRecord, MarkCounts, RunSummary};
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0001_initial.sql")),
     M::up(include_str!("../../migrations/0002_daemon_schedule.sql")),
+    M::up(include_str!("../../migrations/0003_batch_tmp_names.sql")),
 ];
 
 pub type AccountId = i64;
@@ -45,6 +46,9 @@ pub enum StoreError {
     Schema { path: PathBuf, detail: String },
     #[error("state database {path}: locked by another process for too long")]
     Busy { path: PathBuf },
+    /// The state directory or a file in it could be changed by someone else.
+    #[error("{0}")]
+    Unsafe(#[from] crate::ownership::OpenRefused),
     #[error("state database {path}: bad record: {detail}")]
     Corrupt { path: PathBuf, detail: String },
 }
@@ -139,13 +143,23 @@ impl Store {
                 source,
             })?;
         }
-        create_private_file(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            action: "create",
-            source,
-        })?;
+        // Another user who can write the state can make popsync delete
+        // server mail it never stored (forged `delivered` rows).
+        if let Some(dir) = path.parent() {
+            crate::ownership::check_private_dir("state directory", dir)?;
+        }
+        crate::ownership::open_private_file("state database", path, true)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = PathBuf::from(side);
+            if std::fs::symlink_metadata(&side).is_ok() {
+                crate::ownership::open_private_file("state database", &side, false)?;
+            }
+        }
         let sql = |source| err_at(path, source);
-        let mut conn = Connection::open(path).map_err(sql)?;
+        let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let mut conn = Connection::open_with_flags(path, flags).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(sql)?;
         // A corrupt file fails here with "file is not a database".
@@ -365,14 +379,20 @@ impl Store {
         &mut self,
         account: AccountId,
         target: &str,
-        mark: BatchMark,
+        mark: &BatchMark,
         now: i64,
     ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO batch_mark (account_id, target, mbox_length, created_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![account, target, mark.mbox_length.map(|l| l as i64), now],
+                "INSERT OR REPLACE INTO batch_mark (account_id, target, mbox_length, created_at, tmp_prefix)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    account,
+                    target,
+                    mark.mbox_length.map(|l| l as i64),
+                    now,
+                    mark.tmp_prefix.as_deref()
+                ],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -496,17 +516,24 @@ impl Store {
         let mark = self
             .conn
             .query_row(
-                "SELECT target, mbox_length FROM batch_mark WHERE account_id = ?1",
+                "SELECT target, mbox_length, tmp_prefix FROM batch_mark WHERE account_id = ?1",
                 [account],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                },
             )
             .optional()
             .map_err(|e| self.err(e))?
-            .map(|(target, len)| {
+            .map(|(target, len, tmp_prefix)| {
                 (
                     target,
                     BatchMark {
                         mbox_length: len.map(|l| l as u64),
+                        tmp_prefix,
                     },
                 )
             });
@@ -714,21 +741,6 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-}
-
-/// Creates the file 0600 if missing, so SQLite never creates it with the umask.
-fn create_private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

@@ -79,8 +79,9 @@ fn batch_mark_survives_reopen() {
             .set_batch_mark(
                 acct,
                 "mbox /x",
-                BatchMark {
+                &BatchMark {
                     mbox_length: Some(42),
+                    tmp_prefix: None,
                 },
                 1,
             )
@@ -94,7 +95,8 @@ fn batch_mark_survives_reopen() {
         Some((
             "mbox /x".into(),
             BatchMark {
-                mbox_length: Some(42)
+                mbox_length: Some(42),
+                tmp_prefix: None,
             }
         ))
     );

@@ -230,10 +230,10 @@ impl Fetcher<'_> {
         if batch.started.is_none() {
             let target = &mut *self.target;
             let mark = blocking(|| target.begin_batch())?;
-            if mark.mbox_length.is_some() {
+            if mark.needs_journal() {
                 let desc = self.target.describe();
                 let (store, acct, now) = (self.store, self.acct, self.opts.now);
-                if let Err(e) = with_store(store, |s| s.set_batch_mark(acct, &desc, mark, now)) {
+                if let Err(e) = with_store(store, |s| s.set_batch_mark(acct, &desc, &mark, now)) {
                     let _ = self.target.abort_batch();
                     return Err(e.into());
                 }

@@ -3,10 +3,9 @@
 //! by kill -9. Only popsync takes these locks, so flock's indifference to
 //! fcntl locks does not matter here (unlike for mbox files).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
@@ -50,24 +49,20 @@ pub fn try_flock(path: &Path) -> io::Result<Option<File>> {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        crate::ownership::check_private_dir("lock directory", dir)
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?;
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    // SAFETY: flock on a valid, owned descriptor.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(err)
-        };
+    // Never through a symlink another user planted; the file must be ours.
+    let file =
+        crate::ownership::open_private_file("lock file", path, true).map_err(|e| match e {
+            crate::ownership::OpenRefused::Io { source, .. } => source,
+            unsafe_path => io::Error::new(io::ErrorKind::PermissionDenied, unsafe_path.to_string()),
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(file))
 }
 
 #[cfg(test)]

@@ -471,7 +471,8 @@ fn recover(
         return Ok(());
     }
     let pending: Vec<_> = journal.intents.iter().map(|i| i.stored.clone()).collect();
-    let intact = blocking(|| target.recover(journal.mark.as_ref().map(|(_, m)| *m), &pending))?;
+    let intact =
+        blocking(|| target.recover(journal.mark.as_ref().map(|(_, m)| m.clone()), &pending))?;
     let committed: Vec<(&str, &crate::deliver::StoredMessage)> = journal
         .intents
         .iter()
