@@ -167,6 +167,52 @@ pub fn verify(records: &[DeliveryRecord]) -> Vec<Finding> {
         .collect()
 }
 
+/// Which of `uids` may be deleted from the server because of their local
+/// copy: the UID's recorded location is claimed by no other record (a forged
+/// or confused state cannot make two UIDs rest on one file), and the copy
+/// is there with the recorded size and SHA-256. `Err` says why not.
+pub fn deletable<'a>(
+    records: &[DeliveryRecord],
+    uids: impl IntoIterator<Item = &'a str>,
+) -> HashMap<String, Result<(), String>> {
+    let mut claims: HashMap<(&str, &Location), usize> = HashMap::new();
+    let mut by_uid: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if r.stored.location != Location::Mda {
+            *claims.entry((&r.target, &r.stored.location)).or_default() += 1;
+        }
+        by_uid.insert(r.uid.as_str(), i);
+    }
+    let mut out = HashMap::new();
+    let mut to_check = Vec::new();
+    for uid in uids {
+        let verdict = match by_uid.get(uid).map(|&i| &records[i]) {
+            None => Err("no delivery record".to_string()),
+            Some(r) if r.stored.location == Location::Mda => Err(format!(
+                "handed to {}; no local copy proves it was kept",
+                r.target
+            )),
+            Some(r) => match claims[&(r.target.as_str(), &r.stored.location)] {
+                1 => {
+                    to_check.push(r.clone());
+                    continue;
+                }
+                n => Err(format!("its stored location is recorded for {n} UIDs")),
+            },
+        };
+        out.insert(uid.to_string(), verdict);
+    }
+    for (r, f) in to_check.iter().zip(verify(&to_check)) {
+        let verdict = if f.is_intact() {
+            Ok(())
+        } else {
+            Err(format!("stored copy {}: {}", f.kind(), f.detail()))
+        };
+        out.insert(r.uid.clone(), verdict);
+    }
+    out
+}
+
 /// Hashes the jobs on up to 8 threads (I/O and SHA-256 overlap).
 fn hash_all(
     records: &[DeliveryRecord],

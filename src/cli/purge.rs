@@ -39,6 +39,24 @@ pub async fn run(
         .filter(|r| r.gone_at.is_none() && uids.unique.contains_key(&r.uid))
         .collect();
     let checked = crate::sync::blocking(|| verify(&records));
+    // A location two records claim proves neither copy (forged or confused state).
+    let all_records = store
+        .delivery_records(acct)
+        .map_err(server::store_failure)?;
+    let mut claims: HashMap<(&str, &crate::deliver::Location), usize> = HashMap::new();
+    for r in &all_records {
+        if r.stored.location != crate::deliver::Location::Mda {
+            *claims
+                .entry((r.target.as_str(), &r.stored.location))
+                .or_default() += 1;
+        }
+    }
+    let shared_location = |r: &crate::store::DeliveryRecord| {
+        claims
+            .get(&(r.target.as_str(), &r.stored.location))
+            .copied()
+            .filter(|&n| n > 1)
+    };
     let findings: HashMap<&str, &Finding> = records
         .iter()
         .zip(&checked)
@@ -48,7 +66,17 @@ pub async fn run(
     let mut go: Vec<(u32, &str)> = Vec::new();
     let mut stay: Vec<(Option<u32>, String, String)> = Vec::new();
     let mut damage = false;
+    let record_of: HashMap<&str, &crate::store::DeliveryRecord> =
+        records.iter().map(|r| (r.uid.as_str(), r)).collect();
     for (uid, &(msg, _)) in &uids.unique {
+        if let Some(n) = record_of.get(uid.as_str()).and_then(|r| shared_location(r)) {
+            stay.push((
+                Some(msg),
+                uid.clone(),
+                format!("its stored location is recorded for {n} UIDs"),
+            ));
+            continue;
+        }
         let why = match (live.get(uid).map(|k| k.state), findings.get(uid.as_str())) {
             (Some(MessageState::Delivered), Some(f)) if f.is_intact() => {
                 go.push((msg, uid));

@@ -1,10 +1,9 @@
 //! mbox delivery in the mboxrd format, locked the Debian way (fcntl lock,
 //! then the `<mbox>.lock` dotlock), with truncate-back on failure.
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,7 +26,10 @@ const FALLBACK_SENDER: &[u8] = b"MAILER-DAEMON";
 
 /// An mboxrd mailbox file.
 pub struct Mbox {
+    /// As configured (the journal's target name).
     path: PathBuf,
+    /// The file it names, resolved once at open: recovery files go beside it.
+    real: PathBuf,
     lock_path: PathBuf,
     lock_timeout: Duration,
     /// The one descriptor for the file: fcntl locks are tied to it.
@@ -59,14 +61,35 @@ struct Current {
 
 impl Mbox {
     /// Opens the mbox, creating it (mode 0600) if missing; its directory must exist.
+    ///
+    /// The file must be owned by the running user (or root) and not writable
+    /// by group or others, inside directories nobody else can change. A
+    /// symlink is followed only to a file that passes the same checks;
+    /// the file itself is opened with `O_NOFOLLOW`.
     pub fn open(path: &Path) -> Result<Mbox, DeliverError> {
         let target = format!("mbox {}", path.display());
+        let real = match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(path) {
+                Ok(real) => real,
+                Err(_) => {
+                    return Err(crate::ownership::UnsafePath {
+                        what: "mbox",
+                        path: path.to_path_buf(),
+                        problem: "is a symbolic link to nothing".into(),
+                        fix: "remove the link or create the file it names".into(),
+                    }
+                    .into());
+                }
+            },
+            _ => path.to_path_buf(),
+        };
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
-            .open(path)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&real)
             .map_err(|e| io_err(&target, "open", path, e))?;
         let meta = file
             .metadata()
@@ -79,10 +102,14 @@ impl Mbox {
                 io::Error::other("not a regular file"),
             ));
         }
-        let mut lock = OsString::from(path.as_os_str());
+        crate::ownership::check_object("mbox", &real, &meta)?;
+        let real = fs::canonicalize(&real).map_err(|e| io_err(&target, "resolve", path, e))?;
+        crate::ownership::check_ancestors("mbox", &real)?;
+        let mut lock = OsString::from(real.as_os_str());
         lock.push(".lock");
         Ok(Mbox {
             path: path.to_path_buf(),
+            real,
             lock_path: PathBuf::from(lock),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             file,
@@ -213,9 +240,8 @@ impl Mbox {
         }
         let content = fs::read(&self.lock_path).ok()?;
         let pid: i32 = std::str::from_utf8(&content).ok()?.trim().parse().ok()?;
-        if pid > 0
-            && unsafe { libc::kill(pid, 0) } == -1
-            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        if let Some(pid) = rustix::process::Pid::from_raw(pid)
+            && rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
         {
             return Some(format!("process {pid} is gone"));
         }
@@ -245,9 +271,20 @@ impl Mbox {
             return;
         }
         self.last_touch = Instant::now();
-        if let Ok(c) = CString::new(self.lock_path.as_os_str().as_bytes()) {
-            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) };
-        }
+        let now = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: now,
+            last_modification: now,
+        };
+        let _ = rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &self.lock_path,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        );
     }
 
     fn flush_out(&mut self) -> io::Result<()> {
@@ -677,7 +714,7 @@ impl Mbox {
             .as_secs();
         let mut n = 0u32;
         let (path, mut out) = loop {
-            let mut name = OsString::from(self.path.as_os_str());
+            let mut name = OsString::from(self.real.as_os_str());
             name.push(format!(".popsync-recovered-{now}"));
             if n > 0 {
                 name.push(format!("-{n}"));
@@ -706,7 +743,7 @@ impl Mbox {
         out.sync_all()
             .map_err(|e| io_err(&target, "fsync", &path, e))?;
         // The recovery file's name must be durable before we truncate.
-        let dir = match self.path.parent() {
+        let dir = match self.real.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
@@ -875,6 +912,9 @@ fn asctime_utc(when: SystemTime) -> String {
 /// they conflict with classic fcntl locks of other programs, but also with
 /// a second descriptor in this process, and closing some other descriptor
 /// of the file does not drop them. `Ok(false)` if another holder has it.
+// Stays unsafe: rustix's fcntl_lock takes process-associated F_SETLK
+// locks, and we need open-file-description locks (F_OFD_SETLK) so two
+// descriptors in one process exclude each other.
 fn fcntl_lock(file: &File, kind: libc::c_short) -> io::Result<bool> {
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
@@ -1240,18 +1280,46 @@ mod tests {
         b.begin_batch().unwrap();
         b.abort_batch().unwrap();
         fs::write(&lock, "").unwrap();
-        let c = CString::new(lock.as_os_str().as_bytes()).unwrap();
-        let times = [libc::timespec {
+        let old = rustix::fs::Timespec {
             tv_sec: 1000,
             tv_nsec: 0,
-        }; 2];
-        assert_eq!(
-            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
-            0
-        );
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: old,
+            last_modification: old,
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, &lock, &times, rustix::fs::AtFlags::empty())
+            .unwrap();
         b.begin_batch().unwrap();
         b.abort_batch().unwrap();
         assert!(!lock.exists());
+    }
+
+    #[test]
+    fn symlinked_mbox_is_refused_unless_its_target_is_safe() {
+        use std::os::unix::fs::PermissionsExt;
+        let td = tempfile::tempdir().unwrap();
+        // A link to nothing: never created through the link.
+        let dangling = td.path().join("dangling.mbox");
+        let victim = td.path().join("profile");
+        std::os::unix::fs::symlink(&victim, &dangling).unwrap();
+        let err = Mbox::open(&dangling).err().unwrap().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(!victim.exists());
+        // A link to a file others may write (a shared start-up file).
+        fs::write(&victim, b"echo hi\n").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o666)).unwrap();
+        let link = td.path().join("link.mbox");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = Mbox::open(&link).err().unwrap().to_string();
+        assert!(err.contains("chmod go-w"), "{err}");
+        assert_eq!(fs::read(&victim).unwrap(), b"echo hi\n");
+        // A link to a private mbox of ours is fine; recovery files go beside it.
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let mut mb = Mbox::open(&link).unwrap();
+        assert_eq!(mb.real, victim);
+        mb.begin_batch().unwrap();
+        mb.abort_batch().unwrap();
     }
 
     #[test]

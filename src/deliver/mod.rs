@@ -27,7 +27,7 @@ mod util;
 use std::path::PathBuf;
 
 /// Where a delivered message lives, as recorded in the state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Location {
     /// Unique file name (without the `:2,flags` suffix a reader may add),
     /// first delivered into `new/`.

@@ -374,13 +374,16 @@ async fn run(
         now: opts.now,
     };
     let known = with_store(store, |s| s.live_messages(acct))?;
-    let plan = plan::plan(
+    let mut plan = plan::plan(
         uidl.as_deref(),
         &list,
         &known,
         policy,
         opts.accept_uid_change,
     )?;
+    if !plan.delete.is_empty() {
+        keep_unverified(&mut plan, acct, store, report)?;
+    }
     let new: Vec<(&str, u64)> = plan
         .new_uids
         .iter()
@@ -439,6 +442,40 @@ async fn run(
             "QUIT answered -ERR ({}): the server may not have removed {} messages; they will be deleted on a later run",
             quit.describe(),
             deleted.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Deletions resting on an earlier run (`keep = false` retries,
+/// `delete_after_days`) go ahead only for copies that verify now: a state
+/// row is not proof (a maildir deleted since, a server that serves an old
+/// UID again, a forged row). The others stay on the server, reported.
+fn keep_unverified(
+    plan: &mut plan::Plan,
+    acct: AccountId,
+    store: &SharedStore,
+    report: &mut AccountReport,
+) -> Result<(), SyncError> {
+    let records = with_store(store, |s| s.delivery_records(acct))?;
+    let uids: Vec<&str> = plan.delete.iter().map(|(_, u)| u.as_str()).collect();
+    let verdicts = blocking(|| crate::verify::deletable(&records, uids));
+    let mut kept = Vec::new();
+    plan.delete.retain(|(msg, uid)| match verdicts.get(uid) {
+        Some(Ok(())) => true,
+        Some(Err(why)) => {
+            kept.push(format!("message {msg} (UID {uid}): {why}"));
+            false
+        }
+        None => false,
+    });
+    if !kept.is_empty() {
+        let shown: Vec<&str> = kept.iter().take(3).map(String::as_str).collect();
+        report.warn(format!(
+            "{} messages left on the server because their stored copy does not verify (run `popsync verify`): {}{}",
+            kept.len(),
+            shown.join("; "),
+            if kept.len() > 3 { "; …" } else { "" }
         ));
     }
     Ok(())

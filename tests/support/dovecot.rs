@@ -487,16 +487,7 @@ fn ensure_mail_user() -> (u32, u32) {
         "system user {MAIL_USER} is missing and tests are not running as root: \
          run .ci/run or `useradd --system --no-create-home {MAIL_USER}`"
     );
-    let out = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            MAIL_USER,
-        ])
-        .output()
-        .expect("run useradd");
+    let out = super::users::useradd_system(MAIL_USER);
     // Another test binary may have created it meanwhile: look again.
     lookup_user(MAIL_USER).unwrap_or_else(|| {
         panic!(

@@ -44,3 +44,4 @@ pub mod fault_server;
 pub mod peers;
 pub mod popa3d;
 pub mod popsync;
+pub mod users;
