@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
 use super::SessionError;
@@ -17,6 +18,10 @@ use crate::pop3::{
 };
 
 const READ_CHUNK: usize = 64 * 1024;
+
+/// A body (message or listing) must bring at least this much per `timeout`:
+/// a server dribbling a byte now and then cannot hold the session forever.
+const MIN_PROGRESS: usize = 1024;
 
 pub(crate) enum Stream {
     Plain(TcpStream),
@@ -157,9 +162,10 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads more bytes into the buffer; an orderly close is an error here
-    /// because every caller is waiting for a response.
-    async fn fill(&mut self) -> Result<(), SessionError> {
+    /// Reads more bytes into the buffer, giving up at `deadline` (a total
+    /// limit, not an idle one); an orderly close is an error here because
+    /// every caller is waiting for a response. Returns the bytes read.
+    async fn fill(&mut self, deadline: Instant, what: &'static str) -> Result<usize, SessionError> {
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
             self.rbuf.clear();
             self.rpos = 0;
@@ -169,12 +175,12 @@ impl Connection {
         }
         let start = self.rbuf.len();
         self.rbuf.resize(start + READ_CHUNK, 0);
-        let read = with_timeout(
-            "read",
-            self.io_timeout,
-            self.stream.read(&mut self.rbuf[start..]),
-        )
-        .await;
+        let read = tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf[start..]))
+            .await
+            .map_err(|_| SessionError::Timeout {
+                what,
+                after: self.io_timeout,
+            });
         let n = match read {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
@@ -190,7 +196,7 @@ impl Connection {
         if n == 0 {
             return Err(SessionError::Closed);
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Waits at most `within` for the server's first bytes. `false`: it
@@ -203,15 +209,18 @@ impl Connection {
             return Ok(true);
         }
         // Whichever time-out fires first (ours or the read's), it is silence.
-        match tokio::time::timeout(within, self.fill()).await {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(SessionError::Timeout { .. })) | Err(_) => Ok(false),
-            Ok(Err(e)) => Err(e),
+        let deadline = Instant::now() + within.min(self.io_timeout);
+        match self.fill(deadline, "waiting for the greeting").await {
+            Ok(_) => Ok(true),
+            Err(SessionError::Timeout { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
     /// Reads one status line (`+OK`, `-ERR` or a SASL `+ `).
+    /// The whole line must arrive within `timeout`.
     pub(crate) async fn read_status(&mut self) -> Result<StatusLine, SessionError> {
+        let deadline = Instant::now() + self.io_timeout;
         loop {
             if let Some(len) = find_status_line(&self.rbuf[self.rpos..], MAX_STATUS_LINE)? {
                 let line = StatusLine::parse(&self.rbuf[self.rpos..self.rpos + len])?;
@@ -219,24 +228,27 @@ impl Connection {
                 self.trace.server(&line);
                 return Ok(line);
             }
-            self.fill().await?;
+            self.fill(deadline, "reading a status line (in total)")
+                .await?;
         }
     }
 
     /// Waits until the next response has begun and says whether it is a
     /// status line, without consuming it.
     pub(crate) async fn next_is_status(&mut self) -> Result<bool, SessionError> {
+        let deadline = Instant::now() + self.io_timeout;
         loop {
             if let Some(in_step) = begins_with_status(&self.rbuf[self.rpos..]) {
                 return Ok(in_step);
             }
-            self.fill().await?;
+            self.fill(deadline, "waiting for the next response").await?;
         }
     }
 
     /// Reads a multi-line body, handing un-stuffed LF-ended bytes to `sink`
     /// chunk by chunk. More than `limit` decoded bytes is an error (the
     /// connection is then unusable: the body was not read to its end).
+    /// Each `timeout` must bring [`MIN_PROGRESS`] bytes, or the body's end.
     pub(crate) async fn read_body<E>(
         &mut self,
         limit: u64,
@@ -244,6 +256,8 @@ impl Connection {
     ) -> Result<BodyStats, BodyError<E>> {
         let mut decoder = MultilineDecoder::new();
         let mut sink_error = None;
+        let mut window_end = Instant::now() + self.io_timeout;
+        let mut window_bytes = 0;
         loop {
             if self.rpos < self.rbuf.len() {
                 self.scratch.clear();
@@ -269,7 +283,16 @@ impl Connection {
                     };
                 }
             }
-            self.fill().await?;
+            window_bytes += self
+                .fill(
+                    window_end,
+                    "a multi-line response (less than 1 KiB per timeout)",
+                )
+                .await?;
+            if window_bytes >= MIN_PROGRESS {
+                window_end = Instant::now() + self.io_timeout;
+                window_bytes = 0;
+            }
         }
     }
 
