@@ -16,6 +16,8 @@ pub mod config;
 pub mod daemon;
 pub mod datetime;
 pub mod deliver;
+pub mod hardening;
+pub mod helpers;
 pub mod migrate;
 pub mod notify;
 pub mod ownership;

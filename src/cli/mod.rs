@@ -155,6 +155,7 @@ pub enum Commands {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> u8 {
+    crate::hardening::disable_core_dumps();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -47,6 +47,13 @@ pub enum AuthMethod {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
+/// The value is wiped from memory when the last copy is dropped.
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
@@ -200,6 +207,10 @@ pub struct Account {
     /// Send `UTF8` (RFC 6856) when the server offers it, so that it serves
     /// the original message, not a down-converted wrapper.
     pub utf8: bool,
+    /// More messages than this in a listing is refused (default 1,000,000).
+    pub max_messages: u32,
+    /// `password_command` is killed (its process group) after this long.
+    pub password_command_timeout: Duration,
 }
 
 /// Where the password or token comes from.
@@ -256,6 +267,8 @@ impl fmt::Debug for Account {
             .field("timeout", &self.timeout)
             .field("mda_timeout", &self.mda_timeout)
             .field("utf8", &self.utf8)
+            .field("max_messages", &self.max_messages)
+            .field("password_command_timeout", &self.password_command_timeout)
             .finish()
     }
 }
@@ -273,7 +286,9 @@ impl Account {
             SecretSource::Missing => Err(ConfigError::MissingSecret {
                 account: self.name.clone(),
             }),
-            SecretSource::Command(cmd) => run_password_command(&self.name, cmd),
+            SecretSource::Command(cmd) => {
+                run_password_command(&self.name, cmd, self.password_command_timeout)
+            }
         }
     }
 
@@ -285,22 +300,87 @@ impl Account {
     }
 }
 
-fn run_password_command(account: &str, cmd: &str) -> Result<Secret, ConfigError> {
+/// More output than this from `password_command` is refused (`yes` would
+/// otherwise fill the memory).
+const MAX_SECRET_OUTPUT: usize = 64 * 1024;
+
+fn run_password_command(
+    account: &str,
+    cmd: &str,
+    timeout: std::time::Duration,
+) -> Result<Secret, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
     let fail = |reason: String| ConfigError::SecretCommand {
         account: account.to_string(),
         reason,
     };
-    let output = Command::new("sh")
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .process_group(0) // a timeout kills everything it started
+        .spawn()
         .map_err(|e| fail(format!("cannot run `sh`: {e}")))?;
-    if !output.status.success() {
-        return Err(fail(describe_status(output.status)));
+    let group = crate::helpers::GroupGuard::new(child.id());
+    let deadline = std::time::Instant::now() + timeout;
+    let mut stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = zeroize::Zeroizing::new(Vec::new());
+        let res = (&mut stdout)
+            .take(MAX_SECRET_OUTPUT as u64 + 1)
+            .read_to_end(&mut out);
+        let _ = tx.send(res.map(|_| out));
+    });
+    let give_up = |child: &mut std::process::Child, reason: String| {
+        group.kill();
+        let _ = child.wait();
+        fail(reason)
+    };
+    let output = match rx.recv_timeout(timeout) {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(give_up(&mut child, format!("reading its output: {e}"))),
+        Err(_) => {
+            return Err(give_up(
+                &mut child,
+                format!(
+                    "it did not finish within {}s; killed (raise password_command_timeout if it needs longer)",
+                    timeout.as_secs_f32()
+                ),
+            ));
+        }
+    };
+    if output.len() > MAX_SECRET_OUTPUT {
+        return Err(give_up(
+            &mut child,
+            format!(
+                "it printed more than {} KiB; killed",
+                MAX_SECRET_OUTPUT / 1024
+            ),
+        ));
     }
-    let first = output.stdout.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Ok(None) => {
+                return Err(give_up(
+                    &mut child,
+                    format!("it did not exit within {}s; killed", timeout.as_secs_f32()),
+                ));
+            }
+            Err(e) => return Err(give_up(&mut child, format!("waiting for it: {e}"))),
+        }
+    };
+    if !status.success() {
+        return Err(fail(describe_status(status)));
+    }
+    let first = output.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let first = first.strip_suffix(b"\r").unwrap_or(first);
     if first.is_empty() {
         return Err(fail("it printed nothing on its first line".to_string()));

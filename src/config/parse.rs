@@ -45,6 +45,8 @@ const ACCOUNT_KEYS: &[&str] = &[
     "timeout",
     "mda_timeout",
     "utf8",
+    "max_messages",
+    "password_command_timeout",
 ];
 /// Keys that together make one setting: an account setting any of them
 /// replaces all of them from `[defaults]`.
@@ -55,6 +57,9 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MDA_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// A listing longer than this is refused (hostile or misconfigured server).
+pub const DEFAULT_MAX_MESSAGES: u32 = 1_000_000;
+const DEFAULT_PASSWORD_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Parses TOML syntax only. toml's own Display quotes the source line (maybe
 /// a password), so we render message and position ourselves.
@@ -310,6 +315,8 @@ struct Fields {
     timeout: Option<Duration>,
     mda_timeout: Option<Duration>,
     utf8: Option<bool>,
+    max_messages: Option<u32>,
+    password_command_timeout: Option<Duration>,
 }
 
 fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
@@ -370,6 +377,8 @@ fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
             "timeout" => f.timeout = Some(ctx.duration(k, v)?),
             "mda_timeout" => f.mda_timeout = Some(ctx.duration(k, v)?),
             "utf8" => f.utf8 = Some(ctx.bool(k, v)?),
+            "max_messages" => f.max_messages = Some(ctx.int(k, v, 1, i64::from(u32::MAX))? as u32),
+            "password_command_timeout" => f.password_command_timeout = Some(ctx.duration(k, v)?),
             _ => unreachable!("checked against ACCOUNT_KEYS above"),
         }
     }
@@ -460,6 +469,10 @@ fn build_account(name: &str, f: Fields, ctx: &Ctx) -> Result<Account, ConfigErro
         timeout: f.timeout.unwrap_or(DEFAULT_TIMEOUT),
         mda_timeout: f.mda_timeout.unwrap_or(DEFAULT_MDA_TIMEOUT),
         utf8: f.utf8.unwrap_or(true),
+        max_messages: f.max_messages.unwrap_or(DEFAULT_MAX_MESSAGES),
+        password_command_timeout: f
+            .password_command_timeout
+            .unwrap_or(DEFAULT_PASSWORD_COMMAND_TIMEOUT),
     })
 }
 

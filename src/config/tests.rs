@@ -94,6 +94,8 @@ utf8 = false
         timeout: Duration::from_secs(90),
         mda_timeout: Duration::from_secs(120),
         utf8: false,
+        max_messages: 1_000_000,
+        password_command_timeout: Duration::from_secs(30),
     };
     assert_eq!(a, &want);
     assert_eq!(a.secret().unwrap().expose(), "hunter2");

@@ -495,6 +495,12 @@ impl Daemon {
             while self.notes.join_next().await.is_some() {}
         })
         .await;
+        // A helper (password_command, MDA) of a dropped poll must not keep
+        // the process alive: kill what is left of them.
+        let killed = crate::helpers::kill_all();
+        if killed > 0 {
+            tracing::warn!("stopping: killed {killed} helper processes still running");
+        }
         tracing::info!("daemon stopped");
     }
 

@@ -21,6 +21,8 @@ pub struct Mda {
 }
 
 struct Running {
+    /// Killed as a group on timeout and when the daemon stops.
+    group: crate::helpers::GroupGuard,
     child: Child,
     stdin: Option<ChildStdin>,
     stderr: Receiver<Vec<u8>>,
@@ -50,8 +52,7 @@ impl Mda {
 
     /// Kills the MDA's whole process group (the shell and what it started).
     fn kill(run: &mut Running) {
-        let pid = run.child.id() as libc::pid_t;
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        run.group.kill();
         let _ = run.child.kill();
         let _ = run.child.wait();
     }
@@ -188,6 +189,7 @@ impl Target for Mda {
             });
         }
         self.current = Some(Running {
+            group: crate::helpers::GroupGuard::new(child.id()),
             child,
             stdin,
             stderr: rx,
