@@ -224,8 +224,9 @@ async fn listings_are_pipelined_only_when_offered() {
         ]);
         if pipelining {
             // Both commands arrive before the first answer is sent.
-            steps.extend([expect("UIDL"), expect("LIST")]);
+            steps.extend([expect("STAT"), expect("UIDL"), expect("LIST")]);
             steps.extend([
+                line("+OK 1 120"),
                 line("+OK"),
                 line("1 abc"),
                 line("."),
@@ -234,7 +235,8 @@ async fn listings_are_pipelined_only_when_offered() {
                 line("."),
             ]);
         } else {
-            steps.extend([expect("UIDL"), line("+OK"), line("1 abc"), line(".")]);
+            steps.extend([expect("STAT"), expect("UIDL"), line("+OK 1 120")]);
+            steps.extend([line("+OK"), line("1 abc"), line(".")]);
             steps.extend([expect("LIST"), line("+OK"), line("1 120"), line(".")]);
         }
         steps.extend([expect("QUIT"), line("+OK")]);

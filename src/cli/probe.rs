@@ -89,10 +89,13 @@ pub async fn run(account: &Account, trace: Option<TraceSink>) -> Result<String, 
 
     session.login(&creds).await.map_err(session_err)?;
     let _ = writeln!(out, "auth          {}", session.auth_used().unwrap_or("?"));
-    let stat = session.stat().await.map_err(session_err)?;
+    let (stat, uidl, _) = session
+        .stat_and_listings(account.max_messages)
+        .await
+        .map_err(session_err)?;
     let _ = writeln!(out, "messages      {} ({} bytes)", stat.count, stat.size);
-    let uidl = match session.listings().await {
-        Ok((Some(entries), _)) => {
+    let uidl = match uidl {
+        Some(entries) => {
             let bad = entries.iter().filter(|e| e.uid.is_err()).count();
             if bad == 0 {
                 format!("yes ({} UIDs)", entries.len())
@@ -100,8 +103,7 @@ pub async fn run(account: &Account, trace: Option<TraceSink>) -> Result<String, 
                 format!("yes ({} UIDs, {bad} invalid)", entries.len())
             }
         }
-        Ok((None, _)) => "no (keep = true cannot work with this server)".into(),
-        Err(e) => return Err(session_err(e)),
+        None => "no (keep = true cannot work with this server)".into(),
     };
     let _ = writeln!(out, "uidl          {uidl}");
     let quit = session.quit().await.map_err(session_err)?;

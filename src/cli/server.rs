@@ -59,7 +59,10 @@ pub async fn open(
 ) -> Result<(Session, ServerUids), Failure> {
     let fail = |e| session_failure(account, e);
     let mut session = login(account, trace).await?;
-    let (uidl, list) = session.listings().await.map_err(fail)?;
+    let (uidl, list) = session
+        .listings_bounded(account.max_messages)
+        .await
+        .map_err(fail)?;
     let Some(uidl) = uidl else {
         let _ = session.quit().await;
         return Err(Failure::new(

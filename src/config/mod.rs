@@ -13,6 +13,7 @@ use std::time::Duration;
 
 mod error;
 mod parse;
+pub use parse::DEFAULT_MAX_MESSAGES;
 mod units;
 
 pub use error::ConfigError;

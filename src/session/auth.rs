@@ -192,7 +192,8 @@ impl Session {
                 } else {
                     Err(SessionError::NoAuthMethod(format!(
                         "the server offers no mechanism popsync can use (CAPA: {})",
-                        caps.lines.join(", ")
+                        // Server text in an error, a log, a state row: a few hundred bytes.
+                        crate::pop3::sanitize(caps.lines.join(", ").as_bytes(), 300)
                     )))
                 }
             }

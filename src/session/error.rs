@@ -79,6 +79,9 @@ pub enum SessionError {
         "message {msg} (UID {uid}) looks truncated: after its end the server sent more data, not a status line (a lone \".\" line it did not stuff?); it was not stored and nothing was deleted"
     )]
     OutOfStep { msg: u32, uid: String },
+    /// A listing or CAPA beyond popsync's bounds (hostile or misconfigured).
+    #[error("the server's {what} response is too long: {detail}")]
+    TooLong { what: &'static str, detail: String },
 }
 
 impl SessionError {

@@ -21,14 +21,20 @@ pub use tls::TlsInfo;
 pub use trace::{Trace, TraceSink};
 
 use crate::config::TlsMode;
-use crate::pop3::{
-    Capabilities, Command, ListEntry, Stat, Status, StatusLine, UidlEntry, listing::parse_lines,
-};
+use crate::pop3::{Capabilities, Command, ListEntry, Stat, Status, StatusLine, UidlEntry};
 use connection::{Connection, Stream, with_timeout};
 
 /// Listings (UIDL, LIST, CAPA) larger than this are hostile: 64 MiB holds
 /// about a million UIDL lines.
 pub const MAX_LISTING: u64 = 64 * 1024 * 1024;
+
+/// A CAPA response beyond these is hostile (real ones are a few hundred bytes).
+pub const MAX_CAPA_BYTES: u64 = 64 * 1024;
+pub const MAX_CAPA_LINES: usize = 512;
+
+/// The longest listing line RFC 1939 allows (a status-line's 512 octets);
+/// with the entry count it bounds a listing's bytes.
+const MAX_LISTING_LINE: u64 = 512;
 
 /// How to reach the server.
 #[derive(Clone)]
@@ -148,7 +154,14 @@ impl Session {
         if reply.status != Status::Ok {
             return Ok(Capabilities::default());
         }
-        let body = self.conn.read_body_to_vec(MAX_LISTING).await?;
+        let body = self.conn.read_body_to_vec(MAX_CAPA_BYTES).await?;
+        let lines = body.iter().filter(|&&b| b == b'\n').count();
+        if lines > MAX_CAPA_LINES {
+            return Err(SessionError::TooLong {
+                what: "CAPA",
+                detail: format!("{lines} lines, more than {MAX_CAPA_LINES}"),
+            });
+        }
         Ok(Capabilities::parse(&body))
     }
 
@@ -265,16 +278,44 @@ impl Session {
     pub async fn listings(
         &mut self,
     ) -> Result<(Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
+        self.listings_bounded(crate::config::DEFAULT_MAX_MESSAGES)
+            .await
+    }
+
+    /// [`Session::listings`] with at most `max_messages` entries each, and
+    /// no more than STAT counted: a hostile server cannot make popsync hold
+    /// an unbounded listing. Each listing is parsed line by line as it
+    /// arrives, never buffered whole.
+    pub async fn listings_bounded(
+        &mut self,
+        max_messages: u32,
+    ) -> Result<(Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
+        let (_, uidl, list) = self.stat_and_listings(max_messages).await?;
+        Ok((uidl, list))
+    }
+
+    /// [`Session::listings_bounded`], with the STAT reply it began with.
+    pub async fn stat_and_listings(
+        &mut self,
+        max_messages: u32,
+    ) -> Result<(Stat, Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
         let pipelined = self.can_pipeline();
+        self.conn.queue(&Command::Stat)?;
         self.conn.queue(&Command::Uidl(None))?;
         if pipelined {
             self.conn.queue(&Command::List(None))?;
         }
         self.conn.flush().await?;
+        let stat_line = self.expect_ok(&Command::Stat).await?;
+        let stat = Stat::parse(&stat_line.text)?;
+        // STAT's count only narrows the bound: a claim of 10^9 changes nothing.
+        let bound = stat.count.min(u64::from(max_messages));
         let uidl_reply = self.conn.read_status().await?;
         let uidl = if uidl_reply.status == Status::Ok {
-            let body = self.conn.read_body_to_vec(MAX_LISTING).await?;
-            Some(parse_lines(&body, UidlEntry::parse)?)
+            Some(
+                self.read_listing("UIDL", bound, max_messages, UidlEntry::parse)
+                    .await?,
+            )
         } else {
             None
         };
@@ -283,9 +324,78 @@ impl Session {
             self.conn.flush().await?;
         }
         self.expect_ok(&Command::List(None)).await?;
-        let body = self.conn.read_body_to_vec(MAX_LISTING).await?;
-        let list = parse_lines(&body, ListEntry::parse)?;
-        Ok((uidl, list))
+        let list = self
+            .read_listing("LIST", bound, max_messages, ListEntry::parse)
+            .await?;
+        Ok((stat, uidl, list))
+    }
+
+    async fn read_listing<T>(
+        &mut self,
+        what: &'static str,
+        bound: u64,
+        max_messages: u32,
+        parse: impl Fn(&[u8]) -> Result<T, crate::pop3::ProtocolError>,
+    ) -> Result<Vec<T>, SessionError> {
+        let byte_limit = MAX_LISTING.min((bound + 1) * MAX_LISTING_LINE);
+        let mut out = Vec::new();
+        let mut partial: Vec<u8> = Vec::new();
+        let mut failure: Option<SessionError> = None;
+        let take = |line: &[u8], out: &mut Vec<T>| -> Result<(), SessionError> {
+            if line.is_empty() {
+                return Ok(());
+            }
+            if out.len() as u64 >= bound {
+                return Err(SessionError::TooLong {
+                    what,
+                    detail: if bound == u64::from(max_messages) {
+                        format!(
+                            "more than max_messages = {max_messages} entries; raise max_messages for this account if the mailbox really is that large"
+                        )
+                    } else {
+                        format!("more entries than the {bound} messages STAT counted")
+                    },
+                });
+            }
+            out.push(parse(line)?);
+            Ok(())
+        };
+        let res = self
+            .conn
+            .read_body(byte_limit, |chunk| {
+                if failure.is_some() {
+                    return Ok(());
+                }
+                let mut rest = chunk;
+                while let Some(i) = memchr::memchr(b'\n', rest) {
+                    let r = if partial.is_empty() {
+                        take(&rest[..i], &mut out)
+                    } else {
+                        partial.extend_from_slice(&rest[..i]);
+                        let line = std::mem::take(&mut partial);
+                        take(&line, &mut out)
+                    };
+                    if let Err(e) = r {
+                        failure = Some(e);
+                        return Ok(());
+                    }
+                    rest = &rest[i + 1..];
+                }
+                partial.extend_from_slice(rest);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(BodyError::Session(e)) => return Err(e),
+            Err(BodyError::Sink(never)) => match never {},
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        take(&partial, &mut out)?;
+        out.shrink_to_fit();
+        Ok(out)
     }
 
     /// Ends the session with QUIT: only now does the server remove messages

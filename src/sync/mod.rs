@@ -364,7 +364,7 @@ async fn run(
         session.enable_utf8().await?;
     }
     session.login(&creds).await?;
-    let (uidl, list) = session.listings().await?;
+    let (uidl, list) = session.listings_bounded(account.max_messages).await?;
     report.on_server = list.len() as u64;
 
     let policy = Policy {
