@@ -65,16 +65,19 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::time::{Duration, Instant};
 
+    // kill_all itself is exercised by tests/runaway_helpers.rs (daemon
+    // stop): here it would kill other tests' helpers running in parallel.
     #[test]
-    fn kill_all_ends_the_whole_group() {
+    fn kill_ends_the_whole_group_and_drop_unregisters() {
         let mut child = std::process::Command::new("sh")
             .args(["-c", "sleep 60 & sleep 60; wait"])
             .process_group(0)
             .spawn()
             .unwrap();
         let guard = GroupGuard::new(child.id());
+        assert!(RUNNING.lock().unwrap().contains(&(child.id() as i32)));
         let started = Instant::now();
-        assert!(kill_all() >= 1);
+        guard.kill();
         child.wait().unwrap();
         assert!(started.elapsed() < Duration::from_secs(10));
         drop(guard);

@@ -282,3 +282,35 @@ fn delete_after_days_keeps_mail_whose_local_copy_is_gone() {
     assert!(run.stdout().contains("0 deleted"), "{}", run.stdout());
     assert_server_kept_all(&c);
 }
+
+/// Finding 9: an MDA's stderr with terminal escapes and bidi controls
+/// reached the summary line, `status` and state.db as it was.
+#[test]
+fn mda_stderr_is_sanitised_everywhere_it_is_shown_or_stored() {
+    let c = Case::new(mailbox(1), Faults::default(), "");
+    let mda = r"printf '\033[2J\033]0;pwned\007no such user \342\200\256gpj.exe\n' >&2; exit 75";
+    c.popsync
+        .write_config(&c.server.account_toml("acct", &format!("mda = {mda:?}")));
+    let run = c.sync();
+    run.expect_code(7);
+    let status = c.popsync.run(&["status"]);
+    let db = rusqlite::Connection::open(c.popsync.state_dir.join("state.db")).unwrap();
+    let stored: String = db
+        .query_row("SELECT error FROM run WHERE error IS NOT NULL", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    for (what, text) in [
+        ("sync output", format!("{}{}", run.stdout(), run.stderr())),
+        ("status", status.stdout()),
+        ("state.db", stored),
+    ] {
+        assert!(text.contains("no such user"), "{what}: {text}");
+        assert!(
+            !text.contains('\x1b') && !text.contains('\x07'),
+            "{what}: {text:?}"
+        );
+        assert!(!text.contains('\u{202E}'), "{what}: {text:?}");
+    }
+    assert_eq!(c.server.mailbox(), c.original, "the server lost messages");
+}

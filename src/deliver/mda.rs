@@ -64,7 +64,8 @@ impl Mda {
             .stderr
             .recv_timeout(Duration::from_secs(1))
             .unwrap_or_default();
-        String::from_utf8_lossy(&bytes).into_owned()
+        // It reaches the terminal, the log, `status` and state.db.
+        crate::pop3::sanitize_text(&String::from_utf8_lossy(&bytes), 300)
     }
 
     fn write_all(&mut self, mut data: &[u8]) -> Result<(), DeliverError> {

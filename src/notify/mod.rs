@@ -140,7 +140,8 @@ pub fn polling_stopped(account: &str, reason: &str) -> Notification {
     Notification {
         summary: format!("{account}: login refused, polling stopped"),
         body: escape_markup(&format!(
-            "{reason}\nFix the credentials and reload popsync (systemctl --user reload popsync)."
+            "{}\nFix the credentials and reload popsync (systemctl --user reload popsync).",
+            crate::pop3::sanitize_text(reason, 300)
         )),
     }
 }
@@ -150,6 +151,7 @@ pub fn polling_stopped(account: &str, reason: &str) -> Notification {
 fn one_line(s: &str, max: usize) -> String {
     let flat: String = s
         .chars()
+        .filter(|&c| !crate::pop3::is_invisible_format(c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     let flat = flat.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -195,6 +197,26 @@ mod tests {
         assert_eq!(l.from, "unknown sender");
         let l = MailLine::parse(b"");
         assert_eq!(l.subject, "(no subject)");
+    }
+
+    #[test]
+    fn bidi_and_zero_width_controls_are_stripped() {
+        let h = "From: Eve <e@x>\nSubject: invoice \u{202E}fdp.exe\u{200B}\n\n"
+            .as_bytes()
+            .to_vec();
+        let n = new_mail("a", 1, [h].iter());
+        assert!(
+            !n.body.contains('\u{202E}') && !n.body.contains('\u{200B}'),
+            "{:?}",
+            n.body
+        );
+        assert!(n.body.contains("invoice fdp.exe"), "{:?}", n.body);
+        let n = polling_stopped("a", "login refused: \x1b[31m\u{202E}x");
+        assert!(
+            !n.body.contains('\x1b') && !n.body.contains('\u{202E}'),
+            "{:?}",
+            n.body
+        );
     }
 
     #[test]

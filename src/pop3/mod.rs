@@ -33,6 +33,33 @@ pub enum ProtocolError {
     ListingTooLarge { what: &'static str, limit: usize },
 }
 
+/// Bidirectional overrides and zero-width characters: invisible, yet they
+/// reorder or hide what a reader sees (U+202E turns `exe.txt` around).
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Renders untrusted text (an MDA's stderr) for a log, an error, a state
+/// row: control characters (terminal escapes) become `\u{..}`, invisible
+/// format characters are dropped, and it is cut to `max` characters.
+pub fn sanitize_text(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = s.trim().chars().filter(|&c| !is_invisible_format(c));
+    for c in chars.by_ref().take(max) {
+        match c {
+            '\n' | '\t' => out.push(' '),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Renders untrusted server bytes for a log line or an error: control
 /// characters and non-ASCII become escapes, and long text is cut.
 pub fn sanitize(bytes: &[u8], max: usize) -> String {
@@ -47,4 +74,20 @@ pub fn sanitize(bytes: &[u8], max: usize) -> String {
         out.push_str("...");
     }
     out
+}
+
+#[cfg(test)]
+mod sanitize_tests {
+    use super::*;
+
+    #[test]
+    fn terminal_escapes_and_bidi_controls_are_neutralised() {
+        let s = sanitize_text(
+            "\x1b[2J\x1b]0;pwned\x07error: \u{202E}txt.exe\u{200B}\n",
+            100,
+        );
+        assert!(!s.contains('\x1b') && !s.contains('\u{202E}') && !s.contains('\u{200B}'));
+        assert_eq!(s, "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}error: txt.exe");
+        assert_eq!(sanitize_text(&"x".repeat(1000), 300).chars().count(), 301);
+    }
 }

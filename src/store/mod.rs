@@ -336,6 +336,26 @@ impl Store {
         Ok(gone.len())
     }
 
+    /// Forgets retired rows that prove nothing: UIDs gone from the server
+    /// for longer than `horizon_secs` that popsync never stored (pending,
+    /// marked, skipped). Delivered rows stay: they are the archive's record.
+    /// Keeps the state proportional to the mailbox and the archive, whatever
+    /// a server once listed. Returns how many rows went.
+    pub fn prune_retired(
+        &mut self,
+        account: AccountId,
+        now: i64,
+        horizon_secs: i64,
+    ) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM message WHERE account_id = ?1 AND gone_at IS NOT NULL
+                     AND gone_at < ?2 AND state != 'delivered'",
+                params![account, now - horizon_secs],
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Takes these UIDs out of the seen set (their rows stay as history).
     pub fn retire(
         &mut self,

@@ -199,3 +199,35 @@ fn a_database_locked_elsewhere_is_busy_on_every_write_path() {
         );
     }
 }
+
+#[test]
+fn retired_rows_that_prove_nothing_are_pruned_after_the_horizon() {
+    use crate::deliver::{Location, StoredMessage};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_in(dir.path()).unwrap();
+    let acct = store.account("a", 1).unwrap();
+    store
+        .add_pending(acct, &[("p1", 10), ("p2", 10), ("d1", 10)], 1)
+        .unwrap();
+    let stored = StoredMessage {
+        location: Location::Maildir { name: "n".into() },
+        size: 1,
+        sha256: [0; 32],
+    };
+    store
+        .commit_delivered(acct, "maildir /m", &[("d1", &stored)], 1, true)
+        .unwrap();
+    store.retire(acct, &["p1", "d1"], 100).unwrap();
+    let day = 86_400;
+    assert_eq!(
+        store.prune_retired(acct, 100 + 89 * day, 90 * day).unwrap(),
+        0
+    );
+    assert_eq!(
+        store.prune_retired(acct, 101 + 90 * day, 90 * day).unwrap(),
+        1
+    );
+    // The delivered record stays (verify and the archive need it); p2 is live.
+    assert_eq!(store.delivery_records(acct).unwrap().len(), 1);
+    assert!(store.live_messages(acct).unwrap().contains_key("p2"));
+}

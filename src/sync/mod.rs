@@ -399,6 +399,10 @@ async fn run(
             with_store(store, |s| s.retire(acct, &gone, opts.now))?;
             tracing::debug!(account = %account.name, retired = gone.len(), "UIDs no longer on the server");
         }
+        let pruned = with_store(store, |s| s.prune_retired(acct, opts.now, RETIRED_HORIZON))?;
+        if pruned > 0 {
+            tracing::debug!(account = %account.name, pruned, "forgot UIDs gone for 90 days");
+        }
     }
     for skip in &plan.skip {
         report.skipped += 1;
@@ -480,6 +484,9 @@ fn keep_unverified(
     }
     Ok(())
 }
+
+/// UIDs gone from the server this long, never stored, are forgotten.
+const RETIRED_HORIZON: i64 = 90 * 86_400;
 
 /// Finishes what an interrupted run left in the journal before anything new.
 fn recover(
