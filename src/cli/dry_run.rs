@@ -2,8 +2,6 @@
 //! skip and delete. Reads the state without writing it, sends no RETR and
 //! no DELE, touches no target.
 
-use std::collections::HashSet;
-
 use crate::config::{Account, Config};
 use crate::session::TraceSink;
 
@@ -63,12 +61,7 @@ async fn one(
     for (msg, uid) in &plan.delete {
         println!("{name}: would delete message {msg} UID {uid} from the server");
     }
-    let gone = if s.uidl.is_some() {
-        let present: HashSet<&str> = plan.present.iter().map(String::as_str).collect();
-        crate::store::missing_uids(&s.known, &present).len()
-    } else {
-        0
-    };
+    let gone = plan.gone.len();
     println!(
         "{name}: dry run: {} to fetch, {} to skip, {} to delete{}; nothing changed",
         plan.fetch.len(),

@@ -9,7 +9,7 @@ pub mod lock;
 pub mod plan;
 mod received;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -393,8 +393,7 @@ async fn run(
     if uidl.is_some() {
         // `known` is the live set just read (new UIDs are all present), so
         // no second read of it: that read was a quarter of a no-op run's CPU.
-        let present: HashSet<&str> = plan.present.iter().map(String::as_str).collect();
-        let gone = crate::store::missing_uids(&known, &present);
+        let gone: Vec<&str> = plan.gone.iter().map(String::as_str).collect();
         if !gone.is_empty() {
             with_store(store, |s| s.retire(acct, &gone, opts.now))?;
             tracing::debug!(account = %account.name, retired = gone.len(), "UIDs no longer on the server");

@@ -1,7 +1,7 @@
 //! What one run must do, decided from the server's listings and the state.
 //! Pure: no I/O, so every policy is unit-tested here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::pop3::{ListEntry, UidlEntry};
 use crate::store::{KnownMessage, MessageState};
@@ -43,8 +43,9 @@ pub struct Plan {
     pub skip: Vec<Skip>,
     /// Messages stored in an earlier run that policy says to delete now.
     pub delete: Vec<(u32, String)>,
-    /// Valid, unique UIDs now on the server (the complete listing).
-    pub present: HashSet<String>,
+    /// Live UIDs of the state that the complete listing no longer has as a
+    /// valid, unique UID (empty without UIDL): they leave the seen set.
+    pub gone: Vec<String>,
     /// UIDs the state has not seen before, with LIST sizes.
     pub new_uids: Vec<(String, u64)>,
 }
@@ -87,14 +88,14 @@ pub fn plan(
     };
 
     // Two messages sharing a UID cannot be told apart: leave both alone.
-    let mut count: HashMap<&str, usize> = HashMap::new();
+    let mut count: HashMap<&str, usize> = HashMap::with_capacity(uidl.len());
     for entry in uidl {
         if let Ok(uid) = &entry.uid {
             *count.entry(uid.as_str()).or_default() += 1;
         }
     }
 
-    let mut candidates = Vec::new();
+    let mut candidates = Vec::with_capacity(uidl.len());
     for entry in uidl {
         let uid = match &entry.uid {
             Ok(uid) => uid.as_str(),
@@ -117,7 +118,6 @@ pub fn plan(
             });
             continue;
         }
-        out.present.insert(uid.to_string());
         candidates.push((entry.msg, uid));
     }
 
@@ -170,6 +170,13 @@ pub fn plan(
     for (msg, uid, size) in retry_last {
         push_fetch_or_skip(&mut out, msg, Some(uid), size, policy);
     }
+    // Present = listed once with a valid UID; `count` says so without a
+    // second set (a million UIDs cost ~100 MB per copy).
+    out.gone = known
+        .keys()
+        .filter(|u| count.get(u.as_str()) != Some(&1))
+        .cloned()
+        .collect();
     Ok(out)
 }
 
@@ -274,7 +281,9 @@ mod tests {
         assert_eq!(fetched, [2, 3]);
         assert_eq!(p.new_uids, [("c".to_string(), 300)]);
         assert!(p.delete.is_empty());
-        assert_eq!(p.present.len(), 3);
+        assert!(p.gone.is_empty());
+        let p = plan(Some(&u[1..]), &list(3), &k, KEEP, false).unwrap();
+        assert_eq!(p.gone, ["a"]);
     }
 
     #[test]
@@ -285,7 +294,9 @@ mod tests {
         assert_eq!(p.fetch[0].msg, 4);
         assert_eq!(p.skip.len(), 3);
         assert!(p.skip.iter().all(|s| !s.record));
-        assert!(!p.present.contains("dup"));
+        let k = known(&[("dup", MessageState::Delivered, 0)]);
+        let p = plan(Some(&u), &list(4), &k, KEEP, false).unwrap();
+        assert_eq!(p.gone, ["dup"], "a shared UID is not a valid listing of it");
     }
 
     #[test]
