@@ -85,7 +85,10 @@ pub async fn survey(
         None => Default::default(),
     };
     let mut session = super::server::login(account, trace).await?;
-    let (uidl, list) = session.listings().await.map_err(fail)?;
+    let (uidl, list) = session
+        .listings_bounded(account.max_messages)
+        .await
+        .map_err(fail)?;
     let policy = Policy {
         keep: account.keep,
         delete_after_days: account.delete_after_days,

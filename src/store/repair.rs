@@ -17,12 +17,17 @@ impl Store {
     /// SQLite creates for it, a read-write one removes them at close.
     pub fn open_read_only_in(state_dir: &Path) -> Result<Option<Store>, StoreError> {
         let path = state_dir.join("state.db");
-        if !path.exists() {
+        if std::fs::symlink_metadata(&path).is_err() {
             return Ok(None);
         }
+        // The same trust checks as a read-write open (see `Store::open`).
+        crate::ownership::check_private_dir("state directory", state_dir)?;
+        crate::ownership::open_private_file("state database", &path, false)?;
         let conn = Connection::open_with_flags(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )
         .map_err(|e| err_at(&path, e))?;
         conn.pragma_update(None, "query_only", true)
