@@ -93,7 +93,10 @@ pub async fn run(account: &Account, trace: Option<TraceSink>) -> Result<String, 
         .stat_and_listings(account.max_messages)
         .await
         .map_err(session_err)?;
-    let _ = writeln!(out, "messages      {} ({} bytes)", stat.count, stat.size);
+    let _ = match stat {
+        Some(stat) => writeln!(out, "messages      {} ({} bytes)", stat.count, stat.size),
+        None => writeln!(out, "messages      ? (the STAT reply is malformed)"),
+    };
     let uidl = match uidl {
         Some(entries) => {
             let bad = entries.iter().filter(|e| e.uid.is_err()).count();

@@ -294,11 +294,12 @@ impl Session {
         Ok((uidl, list))
     }
 
-    /// [`Session::listings_bounded`], with the STAT reply it began with.
+    /// [`Session::listings_bounded`], with the STAT reply it began with
+    /// (`None` when the server's STAT line could not be parsed).
     pub async fn stat_and_listings(
         &mut self,
         max_messages: u32,
-    ) -> Result<(Stat, Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
+    ) -> Result<(Option<Stat>, Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
         let pipelined = self.can_pipeline();
         self.conn.queue(&Command::Stat)?;
         self.conn.queue(&Command::Uidl(None))?;
@@ -307,9 +308,12 @@ impl Session {
         }
         self.conn.flush().await?;
         let stat_line = self.expect_ok(&Command::Stat).await?;
-        let stat = Stat::parse(&stat_line.text)?;
-        // STAT's count only narrows the bound: a claim of 10^9 changes nothing.
-        let bound = stat.count.min(u64::from(max_messages));
+        // STAT's count only narrows the bound: a claim of 10^9, or a reply
+        // that is not "+OK count size", changes nothing.
+        let stat = Stat::parse(&stat_line.text).ok();
+        let bound = stat.as_ref().map_or(u64::from(max_messages), |st| {
+            st.count.min(u64::from(max_messages))
+        });
         let uidl_reply = self.conn.read_status().await?;
         let uidl = if uidl_reply.status == Status::Ok {
             Some(
