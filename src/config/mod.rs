@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod check;
 mod error;
 mod parse;
 mod units;
 
+pub use check::require_targets;
 pub use error::ConfigError;
 pub use units::{parse_duration, parse_fingerprint, parse_size};
 

@@ -154,7 +154,9 @@ impl Ctx<'_> {
 
     fn path(&self, key: &str, v: &Value) -> Result<PathBuf, ConfigError> {
         let s = self.string(key, v)?;
-        expand_tilde(s, self.env).map_err(|m| self.invalid(format!("`{key}`: {m}")))
+        let p = expand_tilde(s, self.env).map_err(|m| self.invalid(format!("`{key}`: {m}")))?;
+        super::check::absolute(key, s, &p).map_err(|m| self.invalid(m))?;
+        Ok(p)
     }
 
     /// A positive duration: a string like `5m` or an integer of seconds.
@@ -321,7 +323,11 @@ fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
     for (key, v) in table {
         let k = key.as_str();
         match k {
-            "host" => f.host = Some(ctx.string(k, v)?.trim().to_string()),
+            "host" => {
+                let host = ctx.string(k, v)?.trim();
+                super::check::host(host).map_err(|m| ctx.invalid(m))?;
+                f.host = Some(host.to_string());
+            }
             "port" => f.port = Some(ctx.int(k, v, 1, 65535)? as u16),
             "tls" => {
                 let choices = [
