@@ -2,6 +2,7 @@
 
 mod daemon;
 mod dry_run;
+mod docs;
 pub mod exit;
 mod import_uids;
 mod ls;
@@ -19,7 +20,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 
 use crate::config::{Config, TlsMode};
 use crate::session::TraceSink;
@@ -174,11 +175,22 @@ pub enum Commands {
         #[arg(long, default_value_t = 64, value_name = "N")]
         jobs: usize,
     },
+    /// Print the manual page (roff): popsync man > ~/.local/share/man/man1/popsync.1
+    Man,
+    /// Print a shell completion script, e.g. popsync completions bash
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> u8 {
-    let cli = match Cli::try_parse() {
+    let parsed = docs::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -217,6 +229,12 @@ pub fn main() -> u8 {
 }
 
 async fn run(cli: Cli) -> Result<Exit, Failure> {
+    // Commands that need no configuration.
+    match &cli.command {
+        Commands::Man => return docs::man(),
+        Commands::Completions { shell } => return docs::completions(*shell),
+        _ => {}
+    }
     let config_path = match &cli.config {
         Some(p) => p.clone(),
         None => Config::default_path()?,
@@ -305,6 +323,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         Commands::Purge { account, dry_run } => {
             purge::run(&config, config.account(account)?, *dry_run, trace).await
         }
+        Commands::Man | Commands::Completions { .. } => unreachable!("handled above"),
         Commands::Daemon { jobs } => {
             crate::config::require_targets(&config.path, &config.accounts)?;
             let args = daemon::Args {

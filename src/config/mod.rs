@@ -162,6 +162,18 @@ impl Config {
     }
 }
 
+/// `$XDG_STATE_HOME/popsync`, else `~/.local/state/popsync`: where state
+/// lives unless the config sets `state_dir`.
+pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
+    let dir = parse::xdg_dir(
+        &parse::real_env,
+        "XDG_STATE_HOME",
+        ".local/state",
+        "state directory",
+    )?;
+    Ok(dir.join("popsync"))
+}
+
 fn default_path_with_env(env: parse::Env) -> Result<PathBuf, ConfigError> {
     let dir = parse::xdg_dir(env, "XDG_CONFIG_HOME", ".config", "config directory")?;
     Ok(dir.join("popsync").join("config.toml"))
