@@ -5,6 +5,7 @@ mod dry_run;
 mod docs;
 pub mod exit;
 mod import_uids;
+mod init;
 mod ls;
 mod mark_seen;
 mod probe;
@@ -175,6 +176,10 @@ pub enum Commands {
         #[arg(long, default_value_t = 64, value_name = "N")]
         jobs: usize,
     },
+    /// Set up an account: find the server of an address (DNS SRV records,
+    /// then pop.DOMAIN, mail.DOMAIN), check TLS and the login, write the
+    /// config (0600; an existing one gets the new table appended)
+    Init(init::Args),
     /// Print the manual page (roff): popsync man > ~/.local/share/man/man1/popsync.1
     Man,
     /// Print a shell completion script, e.g. popsync completions bash
@@ -234,6 +239,13 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         Commands::Man => return docs::man(),
         Commands::Completions { shell } => return docs::completions(*shell),
         _ => {}
+    }
+    if let Commands::Init(args) = cli.command {
+        let config_path = match cli.config {
+            Some(p) => p,
+            None => Config::default_path()?,
+        };
+        return init::run(config_path, args).await;
     }
     let config_path = match &cli.config {
         Some(p) => p.clone(),
@@ -323,7 +335,9 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         Commands::Purge { account, dry_run } => {
             purge::run(&config, config.account(account)?, *dry_run, trace).await
         }
-        Commands::Man | Commands::Completions { .. } => unreachable!("handled above"),
+        Commands::Man | Commands::Completions { .. } | Commands::Init(_) => {
+            unreachable!("handled above")
+        }
         Commands::Daemon { jobs } => {
             crate::config::require_targets(&config.path, &config.accounts)?;
             let args = daemon::Args {

@@ -8,7 +8,7 @@ use super::{Account, ConfigError};
 
 /// `host` must be a host name or an IP literal: a port or a URL scheme in it
 /// would otherwise fail only at connect time, as "try later".
-pub(super) fn host(s: &str) -> Result<(), String> {
+pub fn host(s: &str) -> Result<(), String> {
     let shown = s.escape_debug();
     if let Some((scheme, rest)) = s.split_once("://") {
         let rest = rest.split(['/', '?']).next().unwrap_or_default();

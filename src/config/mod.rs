@@ -16,7 +16,7 @@ mod error;
 mod parse;
 mod units;
 
-pub use check::require_targets;
+pub use check::{host as check_host, require_targets};
 pub use error::ConfigError;
 pub use units::{parse_duration, parse_fingerprint, parse_size};
 
@@ -292,6 +292,16 @@ impl Account {
             account: self.name.clone(),
         })
     }
+}
+
+/// Whether `name` can be an `[account.NAME]` (it names lock and log files).
+pub fn is_valid_account_name(name: &str) -> bool {
+    parse::valid_account_name(name)
+}
+
+/// Runs a `password_command` that is not in a config yet (`popsync init`).
+pub fn run_secret_command(account: &str, cmd: &str) -> Result<Secret, ConfigError> {
+    run_password_command(account, cmd)
 }
 
 fn run_password_command(account: &str, cmd: &str) -> Result<Secret, ConfigError> {

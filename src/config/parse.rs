@@ -470,7 +470,7 @@ fn build_account(name: &str, f: Fields, ctx: &Ctx) -> Result<Account, ConfigErro
 }
 
 /// Account names become parts of lock and log file names.
-fn valid_account_name(name: &str) -> bool {
+pub(super) fn valid_account_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
