@@ -1,8 +1,8 @@
 //! The command line: parsing, logging set-up, dispatch, exit codes.
 
 mod daemon;
-mod dry_run;
 mod docs;
+mod dry_run;
 pub mod exit;
 mod import_uids;
 mod init;
