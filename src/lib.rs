@@ -11,6 +11,7 @@
 //! - [`sync`]: the engine that syncs one account.
 //! - [`daemon`]: the background service over many accounts; [`notify`]: its
 //!   desktop notifications.
+//! - [`setup`]: `popsync init`'s server discovery and config writing.
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -24,6 +25,7 @@ pub mod ownership;
 pub mod pop3;
 pub mod repair;
 pub mod session;
+pub mod setup;
 pub mod store;
 pub mod sync;
 pub mod verify;

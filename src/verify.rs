@@ -213,6 +213,58 @@ pub fn deletable<'a>(
     out
 }
 
+/// The header sections (at most 16 KiB each) of stored copies, for listings
+/// that show From and Subject; `None` where the copy cannot be read. One
+/// directory listing per maildir, as in [`verify`].
+pub fn stored_headers(records: &[&DeliveryRecord]) -> Vec<Option<Vec<u8>>> {
+    const LIMIT: usize = 16 * 1024;
+    let mut found: HashMap<PathBuf, HashMap<String, PathBuf>> = HashMap::new();
+    for rec in records {
+        if let (Location::Maildir { .. }, TargetPath::Maildir(root)) =
+            (&rec.stored.location, target_path(&rec.target))
+            && !found.contains_key(&root)
+        {
+            let names: HashSet<&str> = records
+                .iter()
+                .filter(|r| r.target == rec.target)
+                .filter_map(|r| maildir_name(r))
+                .collect();
+            found.insert(root.clone(), locate(&root, &names).unwrap_or_default());
+        }
+    }
+    records
+        .iter()
+        .map(|rec| {
+            let mut buf = vec![0u8; LIMIT];
+            let n = match (&rec.stored.location, target_path(&rec.target)) {
+                (Location::Maildir { name }, TargetPath::Maildir(root)) => {
+                    let path = found.get(&root)?.get(name.as_str())?;
+                    let mut f = File::open(path).ok()?;
+                    f.read(&mut buf).ok()?
+                }
+                (Location::Mbox { offset, length }, TargetPath::Mbox(path)) => {
+                    let want = (*length).min(LIMIT as u64) as usize;
+                    File::open(path)
+                        .ok()?
+                        .read_at(&mut buf[..want], *offset)
+                        .ok()?
+                }
+                _ => return None,
+            };
+            buf.truncate(n);
+            if buf.starts_with(b"From ") {
+                // An mbox separator line, not a header.
+                let line_end = memchr::memchr(b'\n', &buf).map_or(buf.len(), |i| i + 1);
+                buf.drain(..line_end);
+            }
+            if let Some(end) = memchr::memmem::find(&buf, b"\n\n") {
+                buf.truncate(end + 1);
+            }
+            Some(buf)
+        })
+        .collect()
+}
+
 /// Hashes the jobs on up to 8 threads (I/O and SHA-256 overlap).
 fn hash_all(
     records: &[DeliveryRecord],

@@ -105,8 +105,26 @@ pub async fn run(
 
     let mut deleted: Vec<&str> = Vec::new();
     if dry_run {
+        let by_uid: HashMap<&str, &crate::store::DeliveryRecord> =
+            records.iter().map(|r| (r.uid.as_str(), r)).collect();
+        let going: Vec<&crate::store::DeliveryRecord> = go
+            .iter()
+            .filter_map(|(_, uid)| by_uid.get(uid).copied())
+            .collect();
+        let headers = crate::sync::blocking(|| crate::verify::stored_headers(&going));
+        let lines: HashMap<&str, crate::notify::MailLine> = going
+            .iter()
+            .zip(headers)
+            .filter_map(|(r, h)| Some((r.uid.as_str(), crate::notify::MailLine::parse(&h?))))
+            .collect();
         for (msg, uid) in &go {
-            println!("{name}: would delete message {msg} UID {uid}");
+            match lines.get(uid) {
+                Some(m) => println!(
+                    "{name}: would delete message {msg} UID {uid}: From {}, Subject {}",
+                    m.from, m.subject
+                ),
+                None => println!("{name}: would delete message {msg} UID {uid}"),
+            }
         }
         server::quit_quietly(session).await;
     } else {

@@ -28,9 +28,17 @@ pub fn account_id(store: &mut Store, account: &Account) -> Result<AccountId, Fai
 /// The per-account lock that `sync` takes too: one writer per account.
 pub fn lock(config: &Config, account: &Account) -> Result<AccountLock, Failure> {
     AccountLock::acquire(&config.state_dir, &account.name).map_err(|e| match e {
-        LockError::Held { .. } => Failure::new(Exit::Locked, e.to_string()),
+        LockError::Held { .. } => {
+            Failure::new(Exit::Locked, format!("account `{}`: {e}", account.name))
+        }
         LockError::Io { .. } => Failure::new(Exit::Delivery, e.to_string()),
     })
+}
+
+/// A configuration problem of one account (a missing password, a failing
+/// password_command), named once.
+pub fn config_failure(account: &Account, e: crate::config::ConfigError) -> Failure {
+    Failure::new(Exit::Config, format!("account `{}`: {e}", account.name))
 }
 
 pub fn session_failure(account: &Account, e: SessionError) -> Failure {
@@ -100,7 +108,7 @@ pub async fn open(
 /// credentials, under the same rules as sync.
 pub async fn login(account: &Account, trace: Option<TraceSink>) -> Result<Session, Failure> {
     let fail = |e| session_failure(account, e);
-    let creds = crate::sync::credentials(account)?;
+    let creds = crate::sync::credentials(account).map_err(|e| config_failure(account, e))?;
     let mut session = Session::connect(&crate::sync::connect_options(account, trace))
         .await
         .map_err(fail)?;

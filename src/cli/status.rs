@@ -26,11 +26,16 @@ pub struct Row {
     pub skipped_other: u64,
     /// Invalid or shared UIDs at the last successful poll (not recorded per UID).
     pub skipped_bad_uid: u64,
+    /// The latest failure, unless a later poll succeeded.
     pub last_error: Option<LastError>,
+    /// The latest failure ever (history), even if resolved since.
+    pub last_failure: Option<LastError>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct LastError {
+    /// A later poll succeeded.
+    pub resolved: bool,
     pub at: i64,
     pub outcome: Option<String>,
     pub message: String,
@@ -69,6 +74,7 @@ fn row(store: &Store, name: &str) -> Result<Row, crate::store::StoreError> {
         skipped_other: 0,
         skipped_bad_uid: 0,
         last_error: None,
+        last_failure: None,
     };
     let Some(acct) = store.find_account(name)? else {
         return Ok(row);
@@ -82,7 +88,7 @@ fn row(store: &Store, name: &str) -> Result<Row, crate::store::StoreError> {
         }
     }
     let (last, failed) = store.last_runs(acct)?;
-    if let Some(last) = last {
+    if let Some(last) = &last {
         row.last_poll = last.finished_at;
         row.outcome = last.outcome.clone();
         row.on_server = last.on_server;
@@ -93,11 +99,26 @@ fn row(store: &Store, name: &str) -> Result<Row, crate::store::StoreError> {
                 .saturating_sub(row.skipped_too_large + row.skipped_other);
         }
     }
-    row.last_error = failed.map(|r| LastError {
+    let last_ok = last.as_ref().filter(|r| r.error.is_none());
+    let resolved = |f: &crate::store::RunSummary| {
+        last_ok.is_some_and(|ok| (ok.started_at, ok.id) > (f.started_at, f.id))
+    };
+    row.last_failure = failed.map(|r| LastError {
+        resolved: resolved(&r),
         at: r.finished_at.unwrap_or(r.started_at),
         outcome: r.outcome,
         message: r.error.unwrap_or_default(),
     });
+    row.last_error = row
+        .last_failure
+        .as_ref()
+        .filter(|f| !f.resolved)
+        .map(|f| LastError {
+            resolved: false,
+            at: f.at,
+            outcome: f.outcome.clone(),
+            message: f.message.clone(),
+        });
     Ok(row)
 }
 
@@ -128,6 +149,7 @@ fn table(rows: &[Row]) -> String {
             "NEXT POLL",
             "ON SERVER",
             "KNOWN",
+            "PENDING",
             "DELIVERED",
             "SKIPPED",
         ]
@@ -158,6 +180,7 @@ fn table(rows: &[Row]) -> String {
             } else {
                 r.counts.known.to_string()
             },
+            r.counts.pending.to_string(),
             format!(
                 "{} ({})",
                 r.counts.delivered,

@@ -36,27 +36,36 @@ pub async fn run(config: &Config, accounts: Vec<&Account>, args: Args) -> Result
     }
     let opts = Arc::new(opts);
     let limit = Arc::new(tokio::sync::Semaphore::new(args.jobs));
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for account in accounts {
         let (account, store, opts, limit) =
             (account.clone(), store.clone(), opts.clone(), limit.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
             sync_account(&account, &store, &opts).await
-        }));
+        });
     }
     let mut exit = Exit::Ok;
-    for task in tasks {
-        let report = task
-            .await
-            .map_err(|e| Failure::new(Exit::Internal, format!("an account task failed: {e}")))?;
-        if !args.quiet || report.error.is_some() {
-            println!("{}", report.summary());
+    // Each account's line as soon as it is done, not after the slowest.
+    while let Some(task) = tasks.join_next().await {
+        let report =
+            task.map_err(|e| Failure::new(Exit::Internal, format!("an account task failed: {e}")))?;
+        let print = || {
+            if !args.quiet || report.error.is_some() {
+                println!("{}", report.summary());
+            }
+            if let Some(e) = &report.error {
+                // The engine logs failures quietly (the daemon rate-limits
+                // them); a person running sync must see the reason on stderr.
+                eprintln!("popsync: account `{}`: {e}", report.account);
+            }
+        };
+        match &opts.progress {
+            // Above the other accounts' bars, not through them.
+            Some(bars) => bars.suspend(print),
+            None => print(),
         }
         if let Some(e) = &report.error {
-            // The engine logs failures quietly (the daemon rate-limits them);
-            // a person running sync must see the reason on stderr.
-            eprintln!("popsync: account `{}`: {e}", report.account);
             exit = exit.worst(exit_for(e));
         }
     }

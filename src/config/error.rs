@@ -8,7 +8,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("config file {} not found; create it (see README: Configuration)", .path.display())]
+    #[error(
+        "config file {} not found: create it with `popsync init EMAIL`, or write it by hand (see README: Configuration), or name another with -c FILE",
+        .path.display()
+    )]
     NotFound { path: PathBuf },
 
     #[error("cannot read config file {}: {source}", .path.display())]
@@ -61,14 +64,15 @@ pub enum ConfigError {
     #[error("unknown account `{name}`; known accounts: {}", .known.join(", "))]
     UnknownAccount { name: String, known: Vec<String> },
 
-    #[error("account `{account}`: no delivery target: set one of maildir, mbox, mda")]
+    // No account in the text: every caller names it once, in front.
+    #[error("no delivery target: set one of maildir, mbox, mda")]
     NoTarget { account: String },
 
-    #[error("account `{account}`: no password: set `password` or `password_command`")]
+    #[error("no password: set `password` or `password_command` in the account's table")]
     MissingSecret { account: String },
 
     /// The reason is the exit status or spawn error, never the output.
-    #[error("account `{account}`: password_command failed: {reason}")]
+    #[error("password_command failed: {reason}; run it by hand to see why")]
     SecretCommand { account: String, reason: String },
 
     #[error("cannot find the {what}: neither ${var} nor $HOME is set")]

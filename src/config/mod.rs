@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod check;
 mod error;
 mod parse;
 pub use parse::DEFAULT_MAX_MESSAGES;
 mod units;
 
+pub use check::{host as check_host, require_targets};
 pub use error::ConfigError;
 pub use units::{parse_duration, parse_fingerprint, parse_size};
 
@@ -173,6 +175,18 @@ impl Config {
     }
 }
 
+/// `$XDG_STATE_HOME/popsync`, else `~/.local/state/popsync`: where state
+/// lives unless the config sets `state_dir`.
+pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
+    let dir = parse::xdg_dir(
+        &parse::real_env,
+        "XDG_STATE_HOME",
+        ".local/state",
+        "state directory",
+    )?;
+    Ok(dir.join("popsync"))
+}
+
 fn default_path_with_env(env: parse::Env) -> Result<PathBuf, ConfigError> {
     let dir = parse::xdg_dir(env, "XDG_CONFIG_HOME", ".config", "config directory")?;
     Ok(dir.join("popsync").join("config.toml"))
@@ -299,6 +313,16 @@ impl Account {
             account: self.name.clone(),
         })
     }
+}
+
+/// Whether `name` can be an `[account.NAME]` (it names lock and log files).
+pub fn is_valid_account_name(name: &str) -> bool {
+    parse::valid_account_name(name)
+}
+
+/// Runs a `password_command` that is not in a config yet (`popsync init`).
+pub fn run_secret_command(account: &str, cmd: &str) -> Result<Secret, ConfigError> {
+    run_password_command(account, cmd, parse::DEFAULT_PASSWORD_COMMAND_TIMEOUT)
 }
 
 /// More output than this from `password_command` is refused (`yes` would

@@ -59,7 +59,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MDA_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// A listing longer than this is refused (hostile or misconfigured server).
 pub const DEFAULT_MAX_MESSAGES: u32 = 1_000_000;
-const DEFAULT_PASSWORD_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_PASSWORD_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Parses TOML syntax only. toml's own Display quotes the source line (maybe
 /// a password), so we render message and position ourselves.
@@ -159,7 +159,9 @@ impl Ctx<'_> {
 
     fn path(&self, key: &str, v: &Value) -> Result<PathBuf, ConfigError> {
         let s = self.string(key, v)?;
-        expand_tilde(s, self.env).map_err(|m| self.invalid(format!("`{key}`: {m}")))
+        let p = expand_tilde(s, self.env).map_err(|m| self.invalid(format!("`{key}`: {m}")))?;
+        super::check::absolute(key, s, &p).map_err(|m| self.invalid(m))?;
+        Ok(p)
     }
 
     /// A positive duration: a string like `5m` or an integer of seconds.
@@ -328,7 +330,11 @@ fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
     for (key, v) in table {
         let k = key.as_str();
         match k {
-            "host" => f.host = Some(ctx.string(k, v)?.trim().to_string()),
+            "host" => {
+                let host = ctx.string(k, v)?.trim();
+                super::check::host(host).map_err(|m| ctx.invalid(m))?;
+                f.host = Some(host.to_string());
+            }
             "port" => f.port = Some(ctx.int(k, v, 1, 65535)? as u16),
             "tls" => {
                 let choices = [
@@ -477,7 +483,7 @@ fn build_account(name: &str, f: Fields, ctx: &Ctx) -> Result<Account, ConfigErro
 }
 
 /// Account names become parts of lock and log file names.
-fn valid_account_name(name: &str) -> bool {
+pub(super) fn valid_account_name(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."

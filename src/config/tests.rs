@@ -393,10 +393,7 @@ fn account_lookup_and_select() {
 fn target_required_only_when_asked() {
     let c = parse(MINIMAL).unwrap();
     let m = c.accounts[0].target().unwrap_err().to_string();
-    assert_eq!(
-        m,
-        "account `a`: no delivery target: set one of maildir, mbox, mda"
-    );
+    assert_eq!(m, "no delivery target: set one of maildir, mbox, mda");
     let c = parse(&format!("{MINIMAL}mda = \"procmail -d u\"\n")).unwrap();
     assert_eq!(
         c.accounts[0].target().unwrap(),
@@ -422,16 +419,15 @@ fn secret_from_command() {
     let e = a.secret().unwrap_err();
     assert!(e.is_secret());
     let m = e.to_string();
-    assert_has(&m, &["account `a`", "exit", "status 3"]);
+    // The account is named by the caller, once (no "account `a`: account `a`").
+    assert_has(&m, &["exit", "status 3", "run it by hand"]);
+    assert!(!m.contains("account"), "{m}");
     assert!(!m.contains("leaked"), "{m}");
     let a = with_secret(SecretSource::Command("true".into()));
-    assert_has(
-        &a.secret().unwrap_err().to_string(),
-        &["account `a`", "printed nothing"],
-    );
+    assert_has(&a.secret().unwrap_err().to_string(), &["printed nothing"]);
     let a = with_secret(SecretSource::Missing);
     let m = a.secret().unwrap_err().to_string();
-    assert_has(&m, &["account `a`", "`password` or `password_command`"]);
+    assert_has(&m, &["`password` or `password_command`"]);
 }
 
 #[test]
@@ -461,13 +457,56 @@ fn paths_and_default_locations() {
         .unwrap_err()
         .to_string();
     assert_has(&m, &["state directory", "$HOME"]);
-    let text = format!("state_dir = \"/s\"\n{MINIMAL}mbox = \"~\"\nca_file = \"rel/ca.pem\"\n");
+    let text = format!("state_dir = \"/s\"\n{MINIMAL}mbox = \"~\"\nca_file = \"/etc/ca.pem\"\n");
     let c = Config::parse_with_env(&text, Path::new("c.toml"), &env).unwrap();
     assert_eq!(
         c.accounts[0].target,
         Some(TargetConfig::Mbox(PathBuf::from("/h")))
     );
-    assert_eq!(c.accounts[0].ca_file, Some(PathBuf::from("rel/ca.pem")));
+    assert_eq!(c.accounts[0].ca_file, Some(PathBuf::from("/etc/ca.pem")));
+}
+
+#[test]
+fn relative_paths_are_refused_naming_the_key() {
+    for (key, line) in [
+        ("maildir", "maildir = \"Mail/alice\""),
+        ("mbox", "mbox = \"alice.mbox\""),
+        ("ca_file", "ca_file = \"rel/ca.pem\""),
+    ] {
+        let text = format!("state_dir = \"/s\"\n{MINIMAL}{line}\n");
+        let m = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_has(&m, &["c.toml", "account `a`", key, "relative path", "`~/`"]);
+    }
+    let m = Config::parse(
+        &format!("state_dir = \"state\"\n{MINIMAL}"),
+        Path::new("c.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_has(&m, &["`state_dir`", "relative path"]);
+}
+
+#[test]
+fn host_with_a_port_or_scheme_is_refused_at_load() {
+    let text = "[account.a]\nhost = \"127.0.0.1:995\"\nusername = \"u\"\n";
+    let m = Config::parse(text, Path::new("c.toml"))
+        .unwrap_err()
+        .to_string();
+    assert_has(
+        &m,
+        &[
+            "c.toml",
+            "account `a`",
+            "host = \"127.0.0.1\" and port = 995",
+        ],
+    );
+    let text = "[account.a]\nhost = \"pop3://pop.example.org\"\nusername = \"u\"\n";
+    let m = Config::parse(text, Path::new("c.toml"))
+        .unwrap_err()
+        .to_string();
+    assert_has(&m, &["drop the `pop3://`"]);
 }
 
 #[cfg(unix)]
@@ -484,7 +523,7 @@ fn load_checks_permissions() {
     assert_eq!(
         m.to_string(),
         format!(
-            "config file {} not found; create it (see README: Configuration)",
+            "config file {} not found: create it with `popsync init EMAIL`, or write it by hand (see README: Configuration), or name another with -c FILE",
             path.display()
         )
     );

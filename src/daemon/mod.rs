@@ -377,7 +377,10 @@ impl Daemon {
     }
 
     fn reload(&mut self) {
-        let new = match Config::load(&self.opts.config_path) {
+        let new = match Config::load(&self.opts.config_path).and_then(|c| {
+            crate::config::require_targets(&c.path, &c.accounts)?;
+            Ok(c)
+        }) {
             Ok(config) => config,
             Err(e) => {
                 tracing::error!("reload failed, the running configuration stays in force: {e}");

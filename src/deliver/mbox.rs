@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,7 +60,8 @@ struct Current {
 }
 
 impl Mbox {
-    /// Opens the mbox, creating it (mode 0600) if missing; its directory must exist.
+    /// Opens the mbox, creating it (mode 0600) if missing, and its
+    /// directory (0700) like a maildir's.
     ///
     /// The file must be owned by the running user (or root) and not writable
     /// by group or others, inside directories nobody else can change. A
@@ -68,6 +69,15 @@ impl Mbox {
     /// the file itself is opened with `O_NOFOLLOW`.
     pub fn open(path: &Path) -> Result<Mbox, DeliverError> {
         let target = format!("mbox {}", path.display());
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| io_err(&target, "create directory", parent, e))?;
+        }
         let real = match fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(path) {
                 Ok(real) => real,
@@ -1325,13 +1335,24 @@ mod tests {
     #[test]
     fn open_errors() {
         let td = tempfile::tempdir().unwrap();
-        let missing = td.path().join("no/such/dir/mbox");
-        let err = Mbox::open(&missing).err().unwrap().to_string();
+        fs::write(td.path().join("file"), b"").unwrap();
+        let under_a_file = td.path().join("file/dir/mbox");
+        let err = Mbox::open(&under_a_file).err().unwrap().to_string();
         assert!(
-            err.contains("no/such/dir/mbox") && err.contains("open"),
+            err.contains("file/dir") && err.contains("create directory"),
             "{err}"
         );
         let err = Mbox::open(td.path()).err().unwrap().to_string();
         assert!(err.contains(&td.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn open_creates_a_missing_directory_private() {
+        let td = tempfile::tempdir().unwrap();
+        let path = td.path().join("Mail/sub/alice.mbox");
+        Mbox::open(&path).unwrap();
+        assert!(path.is_file());
+        let mode = fs::metadata(td.path().join("Mail/sub")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

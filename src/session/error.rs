@@ -60,7 +60,7 @@ pub enum SessionError {
     InsecureAuth { method: &'static str },
     #[error("cannot authenticate: {0}")]
     NoAuthMethod(String),
-    #[error("login refused ({method}): {}", line.describe())]
+    #[error("login refused ({method}): {}{}", line.describe(), refused_login_hint(line))]
     AuthFailed {
         method: &'static str,
         line: StatusLine,
@@ -82,6 +82,22 @@ pub enum SessionError {
     /// A listing or CAPA beyond popsync's bounds (hostile or misconfigured).
     #[error("the server's {what} response is too long: {detail}")]
     TooLong { what: &'static str, detail: String },
+}
+
+/// What to check when the server says the credentials are wrong; nothing
+/// when it said "locked", "later" or "broken" (the password was not the issue).
+fn refused_login_hint(line: &StatusLine) -> &'static str {
+    match line.code {
+        Some(
+            ResponseCode::InUse
+            | ResponseCode::LoginDelay
+            | ResponseCode::SysTemp
+            | ResponseCode::SysPerm,
+        ) => "",
+        _ => {
+            "; check `username` (often the full address) and the password; providers with two-factor sign-in want an app password, some only OAuth2 (auth = \"xoauth2\")"
+        }
+    }
 }
 
 impl SessionError {

@@ -32,6 +32,8 @@ pub struct DeliveryRecord {
 /// The last finished run of an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunSummary {
+    /// The run's row id: orders runs started in the same second.
+    pub id: i64,
     pub started_at: i64,
     pub finished_at: Option<i64>,
     pub outcome: Option<String>,
@@ -161,6 +163,19 @@ impl Store {
         Ok(out)
     }
 
+    /// The target (description) of the latest delivery, if any.
+    pub fn last_target(&self, account: AccountId) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT target FROM message WHERE account_id = ?1 AND state = 'delivered'
+                 ORDER BY delivered_at DESC, id DESC LIMIT 1",
+                [account],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// The latest run, and the latest run that failed (may be the same).
     pub fn last_runs(
         &self,
@@ -170,7 +185,7 @@ impl Store {
             self.conn
                 .query_row(
                     &format!(
-                        "SELECT started_at, finished_at, outcome, on_server, skipped, error FROM run
+                        "SELECT started_at, finished_at, outcome, on_server, skipped, error, id FROM run
                          WHERE account_id = ?1 AND finished_at IS NOT NULL {filter}
                          ORDER BY started_at DESC, id DESC LIMIT 1"
                     ),
@@ -183,6 +198,7 @@ impl Store {
                             on_server: r.get::<_, Option<i64>>(3)?.map(|n| n as u64),
                             skipped: r.get::<_, i64>(4)? as u64,
                             error: r.get(5)?,
+                            id: r.get(6)?,
                         })
                     },
                 )

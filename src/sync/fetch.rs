@@ -177,7 +177,10 @@ impl Fetcher<'_> {
                         return Err(e);
                     }
                     if let Some(bar) = &progress {
-                        bar.inc(want.size.max(1));
+                        // Stored bytes, as the summary counts them, not LIST's.
+                        let in_batch: u64 = batch.items.iter().map(|(_, s, _)| s.size).sum();
+                        bar.set_message(super::human_bytes(self.report.new_bytes + in_batch));
+                        bar.inc(1);
                     }
                     let more = (queue.next < wanted.len() && !self.opts.stop_requested())
                         || queue
@@ -198,6 +201,7 @@ impl Fetcher<'_> {
             bar.finish_and_clear();
         }
         if queue.next < wanted.len() {
+            self.report.unfetched = (wanted.len() - queue.next) as u64;
             tracing::info!(
                 account = %self.account.name,
                 left = wanted.len() - queue.next,
@@ -441,17 +445,32 @@ impl Fetcher<'_> {
         if wanted.len() < 20 {
             return None;
         }
-        let total: u64 = wanted.iter().map(|w| w.size.max(1)).sum();
-        let bar = multi.add(indicatif::ProgressBar::new(total));
+        let bar = multi.add(indicatif::ProgressBar::new(wanted.len() as u64));
+        // Messages and stored bytes (what the summary line reports); the
+        // wide bar takes what the terminal has left, so a line never wraps.
         let style = indicatif::ProgressStyle::with_template(
-            "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            "{prefix} {pos}/{len} messages, {msg} [{wide_bar}] {eta}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> ");
         bar.set_style(style);
-        bar.set_prefix(self.account.name.clone());
+        bar.set_message(super::human_bytes(0));
+        bar.set_prefix(short_name(&self.account.name));
+        // Redraws are rate-limited: the tick shows the last message's count
+        // (and a live ETA) while a slow server keeps the bar still.
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
         Some(bar)
     }
+}
+
+/// An account name cut to fit a progress line of 80 columns.
+fn short_name(name: &str) -> String {
+    const MAX: usize = 20;
+    if name.chars().count() <= MAX {
+        return name.to_string();
+    }
+    let head: String = name.chars().take(MAX - 1).collect();
+    format!("{head}…")
 }
 
 #[cfg(test)]
@@ -464,6 +483,14 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(3000), "3,000");
         assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn long_account_names_are_cut_for_the_progress_line() {
+        assert_eq!(short_name("alice"), "alice");
+        let cut = short_name(&"x".repeat(40));
+        assert_eq!(cut.chars().count(), 20);
+        assert!(cut.ends_with('…'));
     }
 
     #[test]

@@ -16,7 +16,11 @@ pub struct AccountLock {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("account `{account}` is being synced by another popsync process (lock {path})")]
+    // The account is named by whoever prints this (once).
+    #[error(
+        "another popsync process is syncing this account (lock {}); wait for it to finish, or stop it",
+        .path.display()
+    )]
     Held { account: String, path: PathBuf },
     #[error("lock file {path}: {source}")]
     Io {

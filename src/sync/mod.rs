@@ -178,6 +178,8 @@ pub struct AccountReport {
     pub skipped: u64,
     /// Deliveries of an interrupted run found intact and committed.
     pub recovered: u64,
+    /// New messages left for the next run because a stop was asked for.
+    pub unfetched: u64,
     pub warnings: Vec<String>,
     pub elapsed: Duration,
     pub error: Option<SyncError>,
@@ -201,6 +203,7 @@ impl AccountReport {
             deleted: 0,
             skipped: 0,
             recovered: 0,
+            unfetched: 0,
             warnings: Vec::new(),
             elapsed: Duration::ZERO,
             error: None,
@@ -215,9 +218,22 @@ impl AccountReport {
         self.warnings.push(text);
     }
 
+    /// The `run` table's outcome word: a failure's kind, `interrupted` when
+    /// a stop left new mail for the next run, else `ok`.
+    pub fn outcome(&self) -> &'static str {
+        match &self.error {
+            Some(e) => e.outcome(),
+            None if self.unfetched > 0 => "interrupted",
+            None => "ok",
+        }
+    }
+
     /// One line for the user: what happened, in numbers.
     pub fn summary(&self) -> String {
         let status = match &self.error {
+            None if self.unfetched > 0 => {
+                format!("interrupted, {} new left for the next run", self.unfetched)
+            }
             None => "ok".to_string(),
             Some(e) => format!("FAILED: {e}"),
         };
@@ -321,11 +337,7 @@ pub async fn sync_account(
     }
     if let Some(run_id) = run_id {
         let record = RunRecord {
-            outcome: report
-                .error
-                .as_ref()
-                .map_or("ok", SyncError::outcome)
-                .to_string(),
+            outcome: report.outcome().to_string(),
             on_server: Some(report.on_server),
             new_messages: report.new_messages,
             new_bytes: report.new_bytes,
@@ -351,6 +363,7 @@ async fn run(
     let _lock = AccountLock::acquire(&opts.state_dir, &account.name)?;
     let mut target = blocking(|| open_target(account))?;
     let acct = with_store(store, |s| s.account(&account.name, opts.now))?;
+    warn_if_target_changed(acct, target.as_ref(), store, report)?;
     *run_id = Some(with_store(store, |s| s.start_run(acct, opts.now))?);
     recover(acct, target.as_mut(), store, opts.now, report)?;
 
@@ -479,6 +492,25 @@ fn keep_unverified(
             kept.len(),
             shown.join("; "),
             if kept.len() > 3 { "; …" } else { "" }
+        ));
+    }
+    Ok(())
+}
+
+/// A config pointing at a new target while the state records deliveries to
+/// another: say so, since nothing already stored is fetched again.
+fn warn_if_target_changed(
+    acct: AccountId,
+    target: &dyn Target,
+    store: &SharedStore,
+    report: &mut AccountReport,
+) -> Result<(), SyncError> {
+    let now = target.describe();
+    if let Some(recorded) = with_store(store, |s| s.last_target(acct))?
+        && recorded != now
+    {
+        report.warn(format!(
+            "the config says {now}, but earlier messages were stored in {recorded}: they stay there and are not fetched again; only new mail goes to {now}"
         ));
     }
     Ok(())

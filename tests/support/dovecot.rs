@@ -127,7 +127,7 @@ impl Dovecot {
     pub fn start_with(options: DovecotOptions) -> Dovecot {
         assert!(
             dovecot_available(),
-            "dovecot-pop3d is not installed: run .ci/run or apt-get install dovecot-pop3d"
+            "dovecot-pop3d is not installed: run scripts/test as root (it installs what the tests need), or apt-get install dovecot-pop3d"
         );
         let (uid, gid) = ensure_mail_user();
         let dir = tempfile::Builder::new()

@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod daemon;
 pub mod delay_proxy;
+pub mod dns;
 pub mod dovecot;
 pub mod scripted;
 
