@@ -85,6 +85,7 @@ impl Session {
         ));
         let tcp = tcp_connect(opts).await?;
         let _ = tcp.set_nodelay(true);
+        connection::quickack(&tcp);
 
         let stream = match opts.tls {
             TlsMode::Implicit => Stream::Tls(Box::new(handshake(opts, tcp).await?)),
