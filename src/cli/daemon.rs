@@ -26,7 +26,7 @@ pub async fn run(config: Config, args: Args) -> Result<Exit, Failure> {
         DaemonError::Running { .. } => Failure::new(Exit::Locked, e.to_string()),
         DaemonError::Io { .. } => Failure::new(Exit::Delivery, e.to_string()),
     })?;
-    let store = Store::open_in(&config.state_dir)?;
+    let store = Store::open_for(&config)?;
     // Handlers are in place before the daemon says it started.
     let control = signals().map_err(|e| {
         Failure::new(

@@ -11,7 +11,7 @@ use crate::sync::{AccountLock, LockError};
 use super::exit::{Exit, Failure};
 
 pub fn open_store(config: &Config) -> Result<Store, Failure> {
-    Ok(Store::open_in(&config.state_dir)?)
+    Ok(Store::open_for(config)?)
 }
 
 pub fn store_failure(e: crate::store::StoreError) -> Failure {

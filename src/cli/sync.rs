@@ -26,7 +26,7 @@ pub fn now() -> i64 {
 }
 
 pub async fn run(config: &Config, accounts: Vec<&Account>, args: Args) -> Result<Exit, Failure> {
-    let store = Store::open_in(&config.state_dir)?;
+    let store = Store::open_for(config)?;
     let store = Arc::new(Mutex::new(store));
     let mut opts = SyncOptions::new(config.state_dir.clone(), now());
     opts.accept_uid_change = args.accept_uid_change;

@@ -85,6 +85,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Where per-account state (journal, locks) lives.
     pub state_dir: PathBuf,
+    /// How long to wait for state.db while another process holds it locked.
+    pub state_busy_timeout: Duration,
     /// Sorted by name, so listings and "all accounts" runs are stable.
     pub accounts: Vec<Account>,
 }

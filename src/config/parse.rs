@@ -20,7 +20,7 @@ pub(super) fn real_env(key: &str) -> Option<OsString> {
     std::env::var_os(key)
 }
 
-const TOP_KEYS: &[&str] = &["state_dir", "defaults", "account"];
+const TOP_KEYS: &[&str] = &["state_dir", "state_busy_timeout", "defaults", "account"];
 const ACCOUNT_KEYS: &[&str] = &[
     "host",
     "port",
@@ -511,6 +511,10 @@ pub(super) fn from_table(table: &Table, path: &Path, env: Env) -> Result<Config,
         Some(v) => top.path("state_dir", v)?,
         None => xdg_dir(env, "XDG_STATE_HOME", ".local/state", "state directory")?.join("popsync"),
     };
+    let state_busy_timeout = match table.get("state_busy_timeout") {
+        Some(v) => top.duration("state_busy_timeout", v)?,
+        None => crate::store::DEFAULT_BUSY_TIMEOUT,
+    };
     let empty = Table::new();
     let defaults = match table.get("defaults") {
         None => &empty,
@@ -561,6 +565,7 @@ pub(super) fn from_table(table: &Table, path: &Path, env: Env) -> Result<Config,
     Ok(Config {
         path: path.to_path_buf(),
         state_dir,
+        state_busy_timeout,
         accounts,
     })
 }

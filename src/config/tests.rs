@@ -568,3 +568,17 @@ fn load_checks_permissions() {
     set_mode(0o644);
     Config::load(&path).unwrap();
 }
+
+#[test]
+fn state_busy_timeout_is_top_level_with_a_default() {
+    assert_eq!(
+        parse(MINIMAL).unwrap().state_busy_timeout,
+        crate::store::DEFAULT_BUSY_TIMEOUT
+    );
+    let c = parse(&format!("state_busy_timeout = \"2s\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.state_busy_timeout, Duration::from_secs(2));
+    assert_has(
+        &err(&format!("state_busy_timeout = \"0s\"\n{MINIMAL}")),
+        &["`state_busy_timeout` must be greater than zero"],
+    );
+}

@@ -10,6 +10,7 @@ mod report;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
@@ -17,6 +18,10 @@ use rusqlite_migration::{M, Migrations};
 use crate::deliver::{BatchMark, StoredMessage};
 pub use location::{decode_location, encode_location};
 pub use report::{AccountCounts, DeliveryRecord, MarkCounts, RunSummary};
+
+/// How long a statement waits for a lock another process holds on the
+/// state (the `state_busy_timeout` default).
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0001_initial.sql")),
@@ -136,6 +141,12 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed, mode 0600 in a 0700 directory) and migrates.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_waiting(path, DEFAULT_BUSY_TIMEOUT)
+    }
+
+    /// `open`, waiting up to `busy_timeout` whenever another process holds
+    /// the database locked before giving up with [`StoreError::Busy`].
+    pub fn open_waiting(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
             create_private_dir(dir).map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
@@ -160,8 +171,7 @@ impl Store {
         let sql = |source| err_at(path, source);
         let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let mut conn = Connection::open_with_flags(path, flags).map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(sql)?;
+        conn.busy_timeout(busy_timeout).map_err(sql)?;
         // A corrupt file fails here with "file is not a database".
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
@@ -189,6 +199,14 @@ impl Store {
     /// `state_dir/state.db`.
     pub fn open_in(state_dir: &Path) -> Result<Store, StoreError> {
         Store::open(&state_dir.join("state.db"))
+    }
+
+    /// The configured state: `state_dir/state.db` with its busy timeout.
+    pub fn open_for(config: &crate::config::Config) -> Result<Store, StoreError> {
+        Store::open_waiting(
+            &config.state_dir.join("state.db"),
+            config.state_busy_timeout,
+        )
     }
 
     pub fn path(&self) -> &Path {

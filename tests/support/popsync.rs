@@ -35,7 +35,12 @@ impl Popsync {
     }
 
     pub fn write_config(&self, accounts: &str) {
-        let text = format!("state_dir = {:?}\n\n{accounts}", self.state_dir);
+        // A short busy timeout: a test of a locked state.db need not wait
+        // out the default 30 s; real writers hold the lock for milliseconds.
+        let text = format!(
+            "state_dir = {:?}\nstate_busy_timeout = \"3s\"\n\n{accounts}",
+            self.state_dir
+        );
         std::fs::write(&self.config, text).unwrap();
         std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
