@@ -43,7 +43,7 @@ impl Exit {
             FailureKind::Config => Exit::Config,
             FailureKind::Tls => Exit::Tls,
             FailureKind::Auth => Exit::Auth,
-            FailureKind::Temporary => Exit::Temporary,
+            FailureKind::Network | FailureKind::Busy | FailureKind::LoginDelay => Exit::Temporary,
             FailureKind::Protocol => Exit::Protocol,
             FailureKind::Delivery => Exit::Delivery,
             FailureKind::Locked => Exit::Locked,
@@ -110,5 +110,107 @@ impl From<crate::store::StoreError> for Failure {
 impl From<crate::config::ConfigError> for Failure {
     fn from(e: crate::config::ConfigError) -> Self {
         Failure::new(Exit::Config, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::Outcome;
+    use crate::deliver::DeliverError;
+    use crate::pop3::StatusLine;
+    use crate::store::StoreError;
+    use crate::sync::{LockError, SyncError};
+
+    fn session(raw: &[u8]) -> SyncError {
+        SyncError::Session(SessionError::AuthFailed {
+            method: "USER",
+            line: StatusLine::parse(raw).unwrap(),
+        })
+    }
+
+    /// One error, three readings: the exit code, the `run` table's word and
+    /// the daemon's schedule must tell the same story.
+    #[test]
+    fn exit_code_outcome_word_and_schedule_come_from_one_kind() {
+        let cases: Vec<(SyncError, Exit, &str, Outcome)> = vec![
+            (
+                session(b"-ERR [IN-USE] busy"),
+                Exit::Temporary,
+                "temporary",
+                Outcome::Busy,
+            ),
+            (
+                session(b"-ERR [LOGIN-DELAY] wait"),
+                Exit::Temporary,
+                "temporary",
+                Outcome::LoginDelay,
+            ),
+            (
+                session(b"-ERR [AUTH] wrong"),
+                Exit::Auth,
+                "auth",
+                Outcome::Auth,
+            ),
+            (
+                session(b"-ERR [SYS/PERM] gone"),
+                Exit::Protocol,
+                "protocol",
+                Outcome::Failed,
+            ),
+            (
+                SyncError::Session(SessionError::Closed),
+                Exit::Temporary,
+                "temporary",
+                Outcome::Network,
+            ),
+            (
+                SyncError::Session(SessionError::StlsNotOffered),
+                Exit::Tls,
+                "tls",
+                Outcome::Failed,
+            ),
+            (
+                SyncError::Store(StoreError::Busy { path: "/s".into() }),
+                Exit::Temporary,
+                "temporary",
+                Outcome::Busy,
+            ),
+            (
+                SyncError::Deliver(DeliverError::Locked {
+                    target: "mbox /m".into(),
+                    detail: "fcntl".into(),
+                }),
+                Exit::Temporary,
+                "temporary",
+                Outcome::Busy,
+            ),
+            (
+                SyncError::Deliver(DeliverError::Other("disk full".into())),
+                Exit::Delivery,
+                "delivery",
+                Outcome::Failed,
+            ),
+            (
+                SyncError::Lock(LockError::Held {
+                    account: "a".into(),
+                    path: "/x".into(),
+                }),
+                Exit::Locked,
+                "locked",
+                Outcome::Locked,
+            ),
+        ];
+        for (err, exit, word, outcome) in cases {
+            let kind = err.kind();
+            assert_eq!(Exit::for_kind(kind), exit, "{err}");
+            assert_eq!(err.outcome(), word, "{err}");
+            assert_eq!(Outcome::of(Some(&err)), outcome, "{err}");
+            assert_eq!(
+                err.is_transient(),
+                matches!(exit, Exit::Temporary | Exit::Locked),
+                "{err}: retried quietly exactly when the exit code says try later"
+            );
+        }
     }
 }

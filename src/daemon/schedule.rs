@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::deliver::DeliverError;
-use crate::pop3::ResponseCode;
-use crate::store::StoreError;
-use crate::sync::{LockError, SyncError};
+use crate::sync::{FailureKind, SyncError};
 
 /// Tunables of the schedule (the same for every account).
 #[derive(Debug, Clone, Copy)]
@@ -64,22 +61,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The schedule's view of the one failure classification.
     pub fn of(error: Option<&SyncError>) -> Outcome {
-        let Some(error) = error else {
-            return Outcome::Ok;
-        };
-        match error {
-            SyncError::Session(e) => match e.response_code() {
-                Some(ResponseCode::LoginDelay) => Outcome::LoginDelay,
-                Some(ResponseCode::InUse | ResponseCode::SysTemp) => Outcome::Busy,
-                _ if e.is_auth() => Outcome::Auth,
-                _ if e.is_transient() => Outcome::Network,
-                _ => Outcome::Failed,
-            },
-            SyncError::Lock(LockError::Held { .. }) => Outcome::Locked,
-            SyncError::Store(StoreError::Busy { .. })
-            | SyncError::Deliver(DeliverError::Locked { .. }) => Outcome::Busy,
-            _ => Outcome::Failed,
+        error.map_or(Outcome::Ok, |e| Outcome::of_kind(e.kind()))
+    }
+
+    pub fn of_kind(kind: FailureKind) -> Outcome {
+        match kind {
+            FailureKind::Network => Outcome::Network,
+            FailureKind::Busy => Outcome::Busy,
+            FailureKind::LoginDelay => Outcome::LoginDelay,
+            FailureKind::Auth => Outcome::Auth,
+            FailureKind::Locked => Outcome::Locked,
+            FailureKind::Config
+            | FailureKind::Tls
+            | FailureKind::Protocol
+            | FailureKind::Delivery => Outcome::Failed,
         }
     }
 
@@ -266,6 +263,7 @@ mod tests {
     use super::*;
     use crate::pop3::StatusLine;
     use crate::session::SessionError;
+    use crate::sync::LockError;
 
     const MIN: Duration = Duration::from_secs(60);
 

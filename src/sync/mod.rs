@@ -97,24 +97,19 @@ pub enum SyncError {
 impl SyncError {
     /// Worth retrying later with nothing changed.
     pub fn is_transient(&self) -> bool {
-        match self {
-            SyncError::Session(e) => e.is_transient(),
-            SyncError::Deliver(e) => e.is_transient(),
-            SyncError::Store(StoreError::Busy { .. }) => true,
-            SyncError::Lock(LockError::Held { .. }) => true,
-            _ => false,
-        }
+        self.kind().is_transient()
     }
 
     /// What kind of failure this is: the one classification behind the
-    /// `run` table's outcome word and the CLI's exit code.
+    /// `run` table's outcome word, the CLI's exit code and the daemon's
+    /// schedule.
     pub fn kind(&self) -> FailureKind {
         match self {
             SyncError::Config(_) => FailureKind::Config,
             SyncError::Session(e) => FailureKind::of_session(e),
             SyncError::Plan(_) => FailureKind::Protocol,
-            SyncError::Store(StoreError::Busy { .. }) => FailureKind::Temporary,
-            SyncError::Deliver(e) if e.is_transient() => FailureKind::Temporary,
+            SyncError::Store(StoreError::Busy { .. }) => FailureKind::Busy,
+            SyncError::Deliver(e) if e.is_transient() => FailureKind::Busy,
             SyncError::Deliver(_) | SyncError::Store(_) => FailureKind::Delivery,
             SyncError::Lock(LockError::Held { .. }) => FailureKind::Locked,
             SyncError::Lock(_) => FailureKind::Delivery,
@@ -127,14 +122,23 @@ impl SyncError {
     }
 }
 
-/// How a run failed, coarsely: what a script or the user acts on.
+/// How a run failed: what a script, the user or the daemon's schedule acts
+/// on. The exit code (`cli::exit`), the `run` table's outcome word and the
+/// daemon's schedule (`daemon::Outcome`) are each an exhaustive match on
+/// it, so a new kind must be placed in all three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     Config,
     Tls,
     Auth,
-    /// Try again later: network, a busy server, a lock held elsewhere.
-    Temporary,
+    /// Try again later: the network or the connection failed (connect,
+    /// time-out, reset).
+    Network,
+    /// Try again later: the server or a local reader said "not now"
+    /// (`[IN-USE]`, `[SYS/TEMP]`, a busy state database, a locked mbox).
+    Busy,
+    /// Try again later: `[LOGIN-DELAY]`, too soon after the last login.
+    LoginDelay,
     Protocol,
     Delivery,
     /// Another popsync holds the account.
@@ -143,14 +147,31 @@ pub enum FailureKind {
 
 impl FailureKind {
     pub fn of_session(e: &SessionError) -> FailureKind {
+        use crate::pop3::ResponseCode;
         if e.is_tls() {
-            FailureKind::Tls
-        } else if e.is_auth() {
-            FailureKind::Auth
-        } else if e.is_transient() {
-            FailureKind::Temporary
-        } else {
-            FailureKind::Protocol
+            return FailureKind::Tls;
+        }
+        match e.response_code() {
+            Some(ResponseCode::LoginDelay) => FailureKind::LoginDelay,
+            Some(ResponseCode::InUse | ResponseCode::SysTemp) => FailureKind::Busy,
+            _ if e.is_auth() => FailureKind::Auth,
+            _ if e.is_transient() => FailureKind::Network,
+            _ => FailureKind::Protocol,
+        }
+    }
+
+    /// Goes away by itself: retried later, never a reason to alarm anyone.
+    pub fn is_transient(self) -> bool {
+        match self {
+            FailureKind::Network
+            | FailureKind::Busy
+            | FailureKind::LoginDelay
+            | FailureKind::Locked => true,
+            FailureKind::Config
+            | FailureKind::Tls
+            | FailureKind::Auth
+            | FailureKind::Protocol
+            | FailureKind::Delivery => false,
         }
     }
 
@@ -159,7 +180,8 @@ impl FailureKind {
             FailureKind::Config => "config",
             FailureKind::Tls => "tls",
             FailureKind::Auth => "auth",
-            FailureKind::Temporary => "temporary",
+            // One word for the three: what `status` and scripts act on.
+            FailureKind::Network | FailureKind::Busy | FailureKind::LoginDelay => "temporary",
             FailureKind::Protocol => "protocol",
             FailureKind::Delivery => "delivery",
             FailureKind::Locked => "locked",
