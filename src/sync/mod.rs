@@ -18,6 +18,7 @@ use crate::config::{Account, ConfigError, TargetConfig};
 use crate::deliver::{DeliverError, Target, maildir::Maildir, mbox::Mbox, mda::Mda};
 use crate::session::{ConnectOptions, Credentials, Session, SessionError, TraceSink};
 use crate::store::{AccountId, RunRecord, Store, StoreError};
+pub use fetch::Window;
 pub use lock::{AccountLock, LockError};
 pub use plan::{Plan, PlanError, Policy};
 
@@ -49,8 +50,8 @@ pub struct SyncOptions {
     /// "Now" in Unix seconds: the state's clock (overridable for tests).
     pub now: i64,
     pub limits: BatchLimits,
-    /// Commands in flight when the server pipelines.
-    pub pipeline_depth: usize,
+    /// How much is in flight when the server pipelines.
+    pub pipeline: Window,
     pub accept_uid_change: bool,
     pub trace: Option<TraceSink>,
     pub progress: Option<indicatif::MultiProgress>,
@@ -65,7 +66,7 @@ impl SyncOptions {
             state_dir,
             now,
             limits: BatchLimits::default(),
-            pipeline_depth: 64,
+            pipeline: Window::default(),
             accept_uid_change: false,
             trace: None,
             progress: None,
