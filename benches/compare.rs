@@ -11,11 +11,21 @@
 //! RSS, default 200, 0 = off), `--out DIR` (default bench/results),
 //! `--serve` (only start the loaded Dovecot and wait, for profiling by hand).
 //!
+//! Latency (plain only): every tool reaches Dovecot through a loopback delay
+//! line (`common/delay.rs`) holding each chunk `--latency MS` in each
+//! direction (default 25 = 50 ms RTT, 0 = off): the first
+//! `--latency-messages N` corpus messages (default 1000) and
+//! `--latency-accounts N` accounts × 10 (default 200; popsync and mpop).
+//! There the raw read sends every RETR at once (bound only by bandwidth).
+//! `--only-latency` skips the loopback scenarios.
+//!
 //! Every run syncs into a fresh directory; all deletions happen after the
 //! scenario's last run, so no timed run pays for them.
 
 #[path = "common/corpus.rs"]
 mod corpus;
+#[path = "common/delay.rs"]
+mod delay;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -101,6 +111,11 @@ struct Opts {
     out: PathBuf,
     /// Only start the loaded Dovecot and wait (for profiling by hand).
     serve: bool,
+    /// One-way delay of the latency scenarios, ms (0 = off).
+    latency_ms: u64,
+    latency_messages: usize,
+    latency_accounts: usize,
+    only_latency: bool,
 }
 
 fn parse_opts() -> Opts {
@@ -115,6 +130,10 @@ fn parse_opts() -> Opts {
         big_mb: 200,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/results"),
         serve: false,
+        latency_ms: 25,
+        latency_messages: 1000,
+        latency_accounts: 200,
+        only_latency: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -139,6 +158,14 @@ fn parse_opts() -> Opts {
             "--big" => o.big_mb = value().parse().expect("--big MB"),
             "--out" => o.out = PathBuf::from(value()),
             "--serve" => o.serve = true,
+            "--latency" => o.latency_ms = value().parse().expect("--latency MS"),
+            "--latency-messages" => {
+                o.latency_messages = value().parse().expect("--latency-messages N")
+            }
+            "--latency-accounts" => {
+                o.latency_accounts = value().parse().expect("--latency-accounts N")
+            }
+            "--only-latency" => o.only_latency = true,
             "--raw-read" => {
                 // Internal: the yardstick client, run as its own process.
                 let addr = value();
@@ -288,10 +315,17 @@ fn load_mailbox(dovecot: &Dovecot, user: &str, msgs: &[Vec<u8>]) {
 struct Env<'a> {
     dovecot: &'a Dovecot,
     work: PathBuf,
+    /// Plain connections go through this loopback port (the delay line).
+    via: Option<u16>,
+    /// RETRs the raw read keeps in flight.
+    raw_depth: usize,
 }
 
 impl Env<'_> {
     fn addr(&self, t: Transport) -> (String, u16) {
+        if let (Some(port), Transport::Plain) = (self.via, t) {
+            return ("127.0.0.1".into(), port);
+        }
         match t {
             Transport::Plain => (self.dovecot.plain_host.to_string(), self.dovecot.plain_port),
             Transport::Tls => (self.dovecot.tls_host.to_string(), self.dovecot.tls_port),
@@ -324,10 +358,13 @@ impl Env<'_> {
                 if t == Transport::Tls {
                     argv.push(ca);
                 }
-                Cmd {
+                let mut c = Cmd {
                     argv,
                     ..Cmd::new(&[])
-                }
+                };
+                c.env
+                    .push((RAW_DEPTH_VAR.into(), self.raw_depth.to_string()));
+                c
             }
             Tool::Popsync => {
                 let mut cfg = format!("state_dir = {:?}\n", dir.join("state"));
@@ -505,13 +542,19 @@ fn raw_read(addr: &str, user: &str, ca: Option<&Path>) {
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
+/// The raw read's RETRs in flight (set by the bench for each scenario).
+const RAW_DEPTH_VAR: &str = "POPSYNC_BENCH_RAW_DEPTH";
+
 fn read_all(s: &mut BufReader<Box<dyn ReadWrite>>, n: usize) {
-    const DEPTH: usize = 64;
+    let depth: usize = std::env::var(RAW_DEPTH_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let (mut sent, mut done, mut bytes) = (0, 0, 0u64);
     let mut line = Vec::with_capacity(1024);
     while done < n {
         let mut out = String::new();
-        while sent < n && sent - done < DEPTH {
+        while sent < n && sent - done < depth {
             sent += 1;
             let _ = write!(out, "RETR {sent}\r\n");
         }
@@ -832,8 +875,15 @@ fn main() {
         corpus.len(),
         corpus.iter().map(Vec::len).sum::<usize>()
     );
-    let account_names: Vec<String> = (1..=opts.accounts).map(|i| format!("a{i:04}")).collect();
-    let mut users: Vec<(String, String)> = ["corpus", "synth", "big"]
+    let latency_accounts = if opts.latency_ms > 0 {
+        opts.latency_accounts
+    } else {
+        0
+    };
+    let account_names: Vec<String> = (1..=opts.accounts.max(latency_accounts))
+        .map(|i| format!("a{i:04}"))
+        .collect();
+    let mut users: Vec<(String, String)> = ["corpus", "synth", "big", "latency"]
         .iter()
         .map(|u| (u.to_string(), PASSWORD.to_string()))
         .collect();
@@ -848,6 +898,10 @@ fn main() {
             .users(users),
     );
     load_mailbox(&dovecot, "corpus", &corpus);
+    let latency_corpus = &corpus[..opts.latency_messages.min(corpus.len())];
+    if opts.latency_ms > 0 {
+        load_mailbox(&dovecot, "latency", latency_corpus);
+    }
     if let Some((n, size)) = opts.synthetic {
         load_mailbox(&dovecot, "synth", &synthetic(n, size, 0));
     }
@@ -883,6 +937,8 @@ fn main() {
     let env = Env {
         dovecot: &dovecot,
         work: work.path().to_path_buf(),
+        via: None,
+        raw_depth: 64,
     };
     let load_before = machine_load();
     let started = Instant::now();
@@ -899,8 +955,101 @@ fn main() {
             .collect()
     };
     let mut rows = Vec::new();
+    if !opts.only_latency {
+        loopback_scenarios(&env, &opts, &corpus, &account_names, &pairs, &mut rows);
+    }
+    if opts.latency_ms > 0 {
+        let one_way = std::time::Duration::from_millis(opts.latency_ms);
+        let proxy = delay::DelayProxy::start(dovecot.plain_addr(), one_way);
+        let env = Env {
+            via: Some(proxy.port()),
+            // Every RETR at once: the link's own limit.
+            raw_depth: usize::MAX,
+            ..env
+        };
+        let rtt = format!("{} ms RTT", 2 * opts.latency_ms);
+        let plain = |tools: &[Tool]| -> Vec<(Tool, Transport)> {
+            tools
+                .iter()
+                .filter(|t| opts.tools.contains(t))
+                .map(|&t| (t, Transport::Plain))
+                .collect()
+        };
+        run_scenario(
+            &env,
+            &Scenario {
+                name: format!("corpus {} @ {rtt}", latency_corpus.len()),
+                users: vec!["latency"],
+                expected: latency_corpus.len(),
+                tools: plain(&Tool::ALL),
+                runs: opts.runs,
+                slow_runs: opts.slow_runs.unwrap_or(opts.runs),
+                incremental: true,
+            },
+            &mut rows,
+        );
+        if latency_accounts > 0 {
+            let names: Vec<&str> = account_names[..latency_accounts]
+                .iter()
+                .map(String::as_str)
+                .collect();
+            run_scenario(
+                &env,
+                &Scenario {
+                    name: format!("{latency_accounts} accounts × 10 @ {rtt}"),
+                    users: names,
+                    expected: 10,
+                    tools: plain(&[Tool::Popsync, Tool::Mpop]),
+                    runs: opts.account_runs,
+                    slow_runs: 0,
+                    // mpop needs ~0.4 s per account here: a second pass
+                    // would double the scenario for a figure we have.
+                    incremental: false,
+                },
+                &mut rows,
+            );
+        }
+    }
+    let header = format!(
+        "Run {} UTC-epoch, {:.0} s, load average before {} / after {}; {} cores; Dovecot {} (high-performance login mode), loopback{}.",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        started.elapsed().as_secs_f64(),
+        load_before,
+        machine_load(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        String::from_utf8_lossy(
+            &Command::new("dovecot")
+                .arg("--version")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+        .trim(),
+        if opts.latency_ms > 0 {
+            format!(
+                "; latency scenarios through a user-space delay line of {} ms each way",
+                opts.latency_ms
+            )
+        } else {
+            String::new()
+        }
+    );
+    report(&rows, &opts.out, &header);
+}
+
+/// The loopback scenarios: corpus, synthetic, one big message, many accounts.
+fn loopback_scenarios(
+    env: &Env,
+    opts: &Opts,
+    corpus: &[Vec<u8>],
+    account_names: &[String],
+    pairs: &dyn Fn(&[Tool]) -> Vec<(Tool, Transport)>,
+    rows: &mut Vec<Row>,
+) {
     run_scenario(
-        &env,
+        env,
         &Scenario {
             name: "corpus".into(),
             users: vec!["corpus"],
@@ -910,11 +1059,11 @@ fn main() {
             slow_runs: opts.slow_runs.unwrap_or(opts.runs),
             incremental: true,
         },
-        &mut rows,
+        rows,
     );
     if let Some((n, size)) = opts.synthetic {
         run_scenario(
-            &env,
+            env,
             &Scenario {
                 name: format!("synthetic {n}×{size}B"),
                 users: vec!["synth"],
@@ -924,12 +1073,12 @@ fn main() {
                 slow_runs: 0,
                 incremental: true,
             },
-            &mut rows,
+            rows,
         );
     }
     if opts.big_mb > 0 {
         run_scenario(
-            &env,
+            env,
             &Scenario {
                 name: format!("one {} MiB message", opts.big_mb),
                 users: vec!["big"],
@@ -945,13 +1094,16 @@ fn main() {
                 slow_runs: 0,
                 incremental: false,
             },
-            &mut rows,
+            rows,
         );
     }
     if opts.accounts > 0 {
-        let names: Vec<&str> = account_names.iter().map(String::as_str).collect();
+        let names: Vec<&str> = account_names[..opts.accounts]
+            .iter()
+            .map(String::as_str)
+            .collect();
         run_scenario(
-            &env,
+            env,
             &Scenario {
                 name: format!("{} accounts × 10", opts.accounts),
                 users: names,
@@ -967,26 +1119,7 @@ fn main() {
                 slow_runs: 0,
                 incremental: true,
             },
-            &mut rows,
+            rows,
         );
     }
-    let header = format!(
-        "Run {} UTC-epoch, {:.0} s, load average before {} / after {}; {} cores; Dovecot {} (high-performance login mode), loopback.",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        started.elapsed().as_secs_f64(),
-        load_before,
-        machine_load(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        String::from_utf8_lossy(
-            &Command::new("dovecot")
-                .arg("--version")
-                .output()
-                .map(|o| o.stdout)
-                .unwrap_or_default()
-        )
-        .trim()
-    );
-    report(&rows, &opts.out, &header);
 }
