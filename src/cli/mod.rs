@@ -72,9 +72,9 @@ pub enum Commands {
     Sync {
         /// Account names; all accounts when none are given
         accounts: Vec<String>,
-        /// Accounts synced at the same time (a few: the run ends with the
-        /// slowest account anyway)
-        #[arg(long, default_value_t = 8, value_name = "N")]
+        /// Accounts synced at the same time (accounts far away are bound
+        /// by round trips, not CPU)
+        #[arg(long, default_value_t = 16, value_name = "N")]
         jobs: usize,
         /// Download even if the server seems to have replaced all its UIDs
         #[arg(long)]
