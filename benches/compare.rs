@@ -1039,13 +1039,16 @@ fn main() {
     report(&rows, &opts.out, &header);
 }
 
+/// The (tool, transport) pairs of a scenario, from the tools it runs.
+type Pairs<'a> = dyn Fn(&[Tool]) -> Vec<(Tool, Transport)> + 'a;
+
 /// The loopback scenarios: corpus, synthetic, one big message, many accounts.
 fn loopback_scenarios(
     env: &Env,
     opts: &Opts,
     corpus: &[Vec<u8>],
     account_names: &[String],
-    pairs: &dyn Fn(&[Tool]) -> Vec<(Tool, Transport)>,
+    pairs: &Pairs,
     rows: &mut Vec<Row>,
 ) {
     run_scenario(

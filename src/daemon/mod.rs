@@ -214,6 +214,11 @@ impl Daemon {
     }
 
     fn next_wake(&self) -> Option<Instant> {
+        if self.limit.available_permits() == 0 {
+            // Nothing can start before a poll finishes, and that wakes the
+            // loop by itself (a due time in the past would spin here).
+            return None;
+        }
         self.entries
             .values()
             .filter(|e| !e.running)
@@ -221,35 +226,52 @@ impl Daemon {
             .min()
     }
 
+    /// Starts due polls, the longest due first, as far as there are free
+    /// slots. The rest wait as entries, not as spawned tasks: a task holds
+    /// a whole poll's future from its spawn, and 10,000 accounts due at
+    /// start-up once kept 130 MiB resident that way.
     fn start_due(&mut self) {
+        let free = self.limit.available_permits();
+        if free == 0 {
+            return;
+        }
         let now = Instant::now();
-        let due: Vec<String> = self
+        let mut due: Vec<(Instant, &String)> = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.running && e.schedule.next().is_some_and(|t| t <= now))
-            .map(|(name, _)| name.clone())
+            .filter(|(_, e)| !e.running)
+            .filter_map(|(name, e)| e.schedule.next().filter(|t| *t <= now).map(|t| (t, name)))
+            .collect();
+        due.sort_unstable();
+        let due: Vec<String> = due
+            .into_iter()
+            .take(free)
+            .map(|(_, name)| name.clone())
             .collect();
         for name in due {
-            self.start(&name);
+            if !self.start(&name) {
+                break;
+            }
         }
     }
 
-    fn start(&mut self, name: &str) {
+    /// Starts a poll if a slot is free; the slot goes with the task.
+    fn start(&mut self, name: &str) -> bool {
         let Some(entry) = self.entries.get_mut(name) else {
-            return;
+            return true;
+        };
+        let Ok(slot) = self.limit.clone().try_acquire_owned() else {
+            return false;
         };
         entry.running = true;
         let (account, generation) = (entry.account.clone(), entry.generation);
-        let limit = self.limit.clone();
         let store = self.store.clone();
         let clock = self.opts.clock;
         let mut sync_opts = SyncOptions::new(self.config.state_dir.clone(), clock());
         sync_opts.trace = self.opts.trace.clone();
         sync_opts.stop = Some(self.stop_tx.subscribe());
         let handle = self.tasks.spawn(async move {
-            // The semaphore is never closed; a poll without a slot is a bug
-            // we would rather survive than deadlock on.
-            let _slot = limit.acquire_owned().await.ok();
+            let _slot = slot;
             let report = if sync_opts.stop_requested() {
                 None
             } else {
@@ -263,6 +285,7 @@ impl Daemon {
             }
         });
         self.task_names.insert(handle.id(), name.to_string());
+        true
     }
 
     fn finished(&mut self, joined: Result<(tokio::task::Id, PollResult), JoinError>) {
@@ -596,6 +619,39 @@ mod tests {
         let v: Vec<f64> = (0..1000).map(|_| r.unit()).collect();
         assert!(v.iter().all(|x| (0.0..1.0).contains(x)));
         assert!(v.iter().any(|x| *x < 0.1) && v.iter().any(|x| *x > 0.9));
+    }
+
+    /// 10,000 accounts all due at start-up: only `jobs` polls are spawned;
+    /// the others wait as schedule entries, and the loop sleeps until a
+    /// poll finishes instead of spinning on their past due times.
+    #[tokio::test]
+    async fn due_polls_beyond_the_free_slots_are_not_spawned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = format!("state_dir = {:?}\n", dir.path().join("state"));
+        for i in 0..200 {
+            text.push_str(&format!(
+                "[account.a{i}]\nhost = \"127.0.0.1\"\nport = 9\nusername = \"u\"\n\
+                 tls = \"none\"\nmaildir = {:?}\n",
+                dir.path().join(format!("m{i}"))
+            ));
+        }
+        let config = Config::parse(&text, &dir.path().join("config.toml")).unwrap();
+        let store = Arc::new(std::sync::Mutex::new(
+            crate::store::Store::open_in(&config.state_dir).unwrap(),
+        ));
+        let mut opts = DaemonOptions::new(dir.path().join("config.toml"));
+        opts.jobs = 4;
+        // Everything due at once.
+        opts.policy.startup_spread = Duration::ZERO;
+        let notifier = Arc::new(crate::notify::RecordingNotifier::default());
+        let mut d = Daemon::new(config, store, notifier, opts);
+        d.start_due();
+        assert_eq!(d.tasks.len(), 4, "one task per free slot");
+        assert_eq!(d.entries.values().filter(|e| e.running).count(), 4);
+        assert_eq!(d.next_wake(), None, "no wake-up while every slot is busy");
+        d.start_due();
+        assert_eq!(d.tasks.len(), 4);
+        d.tasks.abort_all();
     }
 
     #[test]
