@@ -267,7 +267,10 @@ fn refused_logins_stop_polling_until_the_config_is_reloaded() {
 fn stop_during_a_large_fetch_commits_the_batch_and_quits() {
     let d = Dovecot::start();
     let body = "0123456789abcdef\n".repeat(600);
-    let msgs: Vec<Vec<u8>> = (0..1300)
+    // Enough that the stop comes first: a stop still reads what is in
+    // flight, up to the pipeline window's 8 MiB (~800 of these).
+    const TOTAL: usize = 3000;
+    let msgs: Vec<Vec<u8>> = (0..TOTAL)
         .map(|i| format!("From: s@example.org\nSubject: m{i}\n\n{body}").into_bytes())
         .collect();
     d.add_messages("alice", &msgs);
@@ -285,7 +288,7 @@ fn stop_during_a_large_fetch_commits_the_batch_and_quits() {
     assert!(status.success(), "{status:?}\n{}", daemon.log());
     let first = delivered(&p, "alice");
     assert!(
-        first < 1300,
+        first < TOTAL,
         "the stop came too late to test anything ({first})"
     );
     assert!(
@@ -298,7 +301,7 @@ fn stop_during_a_large_fetch_commits_the_batch_and_quits() {
         "no QUIT in Dovecot's log:\n{}",
         d.log()
     );
-    eprintln!("stopped after {first} of 1300");
+    eprintln!("stopped after {first} of {TOTAL}");
     let line = format!("alice: {first} new");
     assert_eq!(daemon.count(&line), 1, "{}", daemon.log());
     // Logged and recorded as interrupted, not "ok", with what is left.
@@ -315,11 +318,11 @@ fn stop_during_a_large_fetch_commits_the_batch_and_quits() {
 
     let daemon = DaemonProcess::start(&p, &[NO_BUS]);
     daemon.wait_log(
-        &format!("alice: {} new", 1300 - first),
+        &format!("alice: {} new", TOTAL - first),
         Duration::from_secs(60),
     );
     let mut all = maildir_messages(&p.path("alice"));
     all.sort();
     all.dedup();
-    assert_eq!(all.len(), 1300, "duplicates or losses");
+    assert_eq!(all.len(), TOTAL, "duplicates or losses");
 }
