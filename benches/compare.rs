@@ -632,7 +632,13 @@ fn run_scenario(env: &Env, sc: &Scenario, rows: &mut Vec<Row>) {
             if matches!(tool, Tool::Fetchmail | Tool::Getmail) && round > sc.slow_runs {
                 continue;
             }
-            let tag = format!("{}-{round}", sc.name);
+            // A path without spaces: fetchmail splits its mda command on them.
+            let safe: String = sc
+                .name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let tag = format!("{safe}-{round}");
             let (cmd, maildir) = env.setup(tool, t, &sc.users, &tag);
             sh("sync");
             let mut s = measure(&cmd, &scratch);
