@@ -305,14 +305,14 @@ fn stop_during_a_large_fetch_commits_the_batch_and_quits() {
     let line = format!("alice: {first} new");
     assert_eq!(daemon.count(&line), 1, "{}", daemon.log());
     // Logged and recorded as interrupted, not "ok", with what is left.
-    let left = format!("interrupted, {} new left for the next run", 1300 - first);
+    let left = format!("interrupted, {} new left for the next run", TOTAL - first);
     assert_eq!(daemon.count(&left), 1, "{}", daemon.log());
     let table = p.run(&["status"]).stdout();
     let (header, row) = (table.lines().next().unwrap(), table.lines().nth(1).unwrap());
     assert!(row.contains("interrupted"), "{table}");
     let pending = &row[header.find("PENDING").unwrap()..];
     assert!(
-        pending.starts_with(&format!("{} ", 1300 - first)),
+        pending.starts_with(&format!("{} ", TOTAL - first)),
         "{table}"
     );
 
