@@ -179,3 +179,80 @@ fn keep_false_stores_everything_then_empties_the_server() {
         assert_eq!(server.on_server(), 0, "{what}");
     }
 }
+
+/// popsync vs mpop against popa3d served inetd-style (Nagle on, no
+/// PIPELINING, so both clients run lock-step): rounds alternate, and the
+/// paired ratio of medians is printed. A measurement, not a timed test:
+/// `cargo test --release --test real_servers -- --ignored --nocapture lock_step`
+#[test]
+#[ignore]
+fn lock_step_popa3d_popsync_vs_mpop() {
+    use std::time::Instant;
+    let n: usize = std::env::var("POPSYNC_MEASURE_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let messages: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            format!(
+                "Message-ID: <m{i}@t>\nSubject: message {i}\n\n{}\n",
+                "body line\n".repeat(20)
+            )
+            .into_bytes()
+        })
+        .collect();
+    let server = Popa3d::start(&messages);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let p = Popsync::new("");
+        let maildir = p.path("Mail");
+        p.write_config(&server.account_toml("acct", &format!("maildir = {maildir:?}\n")));
+        let t = Instant::now();
+        sync_expecting(&p, n, "popsync");
+        ours.push(t.elapsed().as_secs_f64());
+
+        let dir = tempfile::tempdir().unwrap();
+        let mail = dir.path().join("mpop-mail");
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(mail.join(sub)).unwrap();
+        }
+        let rc = dir.path().join("mpoprc");
+        support::write_file_0600(
+            &rc,
+            format!(
+                "account default\nhost {}\nport {}\ntls off\nauth user\nuser {}\npassword {}\n\
+                 delivery maildir {}\nkeep on\nonly_new on\nuidls_file {}\n",
+                server.host(),
+                server.port(),
+                server.user(),
+                server.password(),
+                mail.display(),
+                dir.path().join("uidls").display()
+            ),
+        );
+        let t = Instant::now();
+        let out = std::process::Command::new("mpop")
+            .arg(format!("--file={}", rc.display()))
+            .arg("-q")
+            .output()
+            .expect("run mpop");
+        theirs.push(t.elapsed().as_secs_f64());
+        assert!(out.status.success(), "mpop: {out:?}");
+        assert_eq!(std::fs::read_dir(mail.join("new")).unwrap().count(), n);
+        println!(
+            "round {round}: popsync {:.3} s, mpop {:.3} s, ratio {:.1}x",
+            ours[round],
+            theirs[round],
+            theirs[round] / ours[round]
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut ours), median(&mut theirs));
+    println!(
+        "{n} messages from popa3d (inetd-style, Nagle on): popsync {a:.3} s, mpop {b:.3} s (medians of 3), mpop/popsync {:.1}x",
+        b / a
+    );
+}

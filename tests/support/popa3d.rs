@@ -184,7 +184,10 @@ fn accept_loop(listener: TcpListener, stop: &AtomicBool, children: &Mutex<Vec<Ch
         match listener.accept() {
             Ok((tcp, _)) => {
                 let _ = tcp.set_nonblocking(false);
-                let _ = tcp.set_nodelay(true);
+                // Like inetd: Nagle stays on. popa3d writes a status line and
+                // its data in separate small writes, so a lock-step client
+                // without TCP_QUICKACK waits for its own delayed ACK each time.
+                let _ = tcp.set_nodelay(false);
                 let out = tcp.try_clone().expect("dup connection");
                 let child = Command::new(popa3d_bin())
                     .stdin(Stdio::from(OwnedFd::from(tcp)))
