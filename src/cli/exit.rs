@@ -112,3 +112,10 @@ impl From<crate::config::ConfigError> for Failure {
         Failure::new(Exit::Config, e.to_string())
     }
 }
+
+/// Credentials (password_command, OAuth2 tokens) fail before any session.
+impl From<crate::sync::SyncError> for Failure {
+    fn from(e: crate::sync::SyncError) -> Self {
+        Failure::new(Exit::for_kind(e.kind()), e.to_string())
+    }
+}

@@ -92,6 +92,8 @@ pub enum SyncError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    OAuth2(#[from] crate::oauth2::OAuth2Error),
 }
 
 impl SyncError {
@@ -102,6 +104,7 @@ impl SyncError {
             SyncError::Deliver(e) => e.is_transient(),
             SyncError::Store(StoreError::Busy { .. }) => true,
             SyncError::Lock(LockError::Held { .. }) => true,
+            SyncError::OAuth2(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -118,6 +121,7 @@ impl SyncError {
             SyncError::Deliver(_) | SyncError::Store(_) => FailureKind::Delivery,
             SyncError::Lock(LockError::Held { .. }) => FailureKind::Locked,
             SyncError::Lock(_) => FailureKind::Delivery,
+            SyncError::OAuth2(e) => e.kind(),
         }
     }
 
@@ -308,10 +312,16 @@ pub fn connect_options(account: &Account, trace: Option<TraceSink>) -> ConnectOp
     }
 }
 
-pub fn credentials(account: &Account) -> Result<Credentials, ConfigError> {
+/// The login: the password (or `password_command`'s), or with `oauth2` an
+/// access token from the token store, refreshed first when due.
+pub async fn credentials(account: &Account) -> Result<Credentials, SyncError> {
+    let secret = match account.oauth2() {
+        Some(settings) => crate::oauth2::access_token(&account.name, settings).await?,
+        None => blocking(|| account.secret())?,
+    };
     Ok(Credentials {
         username: account.username.clone(),
-        secret: account.secret()?,
+        secret,
         method: account.auth,
         allow_insecure_auth: account.allow_insecure_auth,
     })
@@ -367,7 +377,7 @@ async fn run(
     *run_id = Some(with_store(store, |s| s.start_run(acct, opts.now))?);
     recover(acct, target.as_mut(), store, opts.now, report)?;
 
-    let creds = blocking(|| credentials(account))?;
+    let creds = credentials(account).await?;
     let mut session = Session::connect(&connect_options(account, opts.trace.clone())).await?;
     report.login_delay = session
         .capabilities()
