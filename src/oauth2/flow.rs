@@ -260,6 +260,15 @@ pub async fn loopback(
     for (k, v) in &endpoints.extra_auth_params {
         request = request.add_extra_param(*k, *v);
     }
+    // OpenID Connect Core §11: offline_access (a refresh token) is granted
+    // through the code flow only when the user was asked to consent.
+    let asks_prompt = endpoints
+        .extra_auth_params
+        .iter()
+        .any(|(k, _)| *k == "prompt");
+    if !asks_prompt && settings.scopes.iter().any(|s| s == "offline_access") {
+        request = request.add_extra_param("prompt", "consent");
+    }
     let (url, state) = request.url();
     say(&format!(
         "To sign in to account `{account}`, open this URL in a browser on this machine:\n{url}"
