@@ -410,3 +410,22 @@ fn sighup_polls_an_account_waiting_for_login_at_once() {
         daemon.log()
     );
 }
+
+#[test]
+fn an_access_token_the_server_refuses_is_dropped_and_the_next_run_refreshes() {
+    let w = world(300);
+    w.login_device().expect_code(0);
+    // The provider invalidated it early (e.g. a password change): it still
+    // looks fresh in the file.
+    let path = w.p.state_dir.join("oauth2/alice.json");
+    let mut t = w.token_file();
+    t["access_token"] = serde_json::Value::String("no-longer-valid-token".into());
+    support::write_file_0600(&path, serde_json::to_vec(&t).unwrap());
+
+    w.message("one");
+    w.p.run(&["sync"]).expect_code(4);
+    let run = w.p.run(&["sync"]);
+    run.expect_code(0);
+    assert_eq!(w.delivered(), 1);
+    assert_eq!(refreshes(&w), 1);
+}

@@ -230,6 +230,26 @@ pub async fn access_token(account: &str, settings: &OAuth2Settings) -> Result<Se
     }
 }
 
+/// The POP3 server refused `used` although it looked fresh (revoked at the
+/// provider, or its clock differs): drop it so the next run refreshes
+/// instead of failing with it until it expires. Best effort.
+pub async fn forget_access_token(account: &str, settings: &OAuth2Settings, used: &Secret) {
+    let store = settings.store(account);
+    let result = async {
+        let _lock = store.lock().await?;
+        match store.load()? {
+            Some(tokens) if tokens.access_token.as_ref() == Some(used) => {
+                store.save(&tokens.without_access_token())
+            }
+            _ => Ok(()),
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(account, "could not drop the refused access token: {e}");
+    }
+}
+
 /// Stores the tokens of a fresh login, replacing whatever was there.
 pub async fn store_login(
     account: &str,

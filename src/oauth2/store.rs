@@ -98,6 +98,15 @@ impl Tokens {
         next
     }
 
+    /// The access token was refused by the mail server: refresh next time.
+    pub fn without_access_token(&self) -> Tokens {
+        Tokens {
+            access_token: None,
+            expires_at: None,
+            ..self.clone()
+        }
+    }
+
     /// The refresh token was refused: forget it, remember why.
     pub fn refused_with(&self, reason: &str) -> Tokens {
         Tokens {

@@ -386,7 +386,14 @@ async fn run(
     if account.utf8 {
         session.enable_utf8().await?;
     }
-    session.login(&creds).await?;
+    if let Err(e) = session.login(&creds).await {
+        if let Some(settings) = account.oauth2()
+            && e.is_auth()
+        {
+            crate::oauth2::forget_access_token(&account.name, settings, &creds.secret).await;
+        }
+        return Err(e.into());
+    }
     let (uidl, list) = session.listings_bounded(account.max_messages).await?;
     report.on_server = list.len() as u64;
 
