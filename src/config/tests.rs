@@ -688,3 +688,16 @@ fn oauth2_errors_name_the_key_and_the_fix() {
     ))
     .unwrap();
 }
+
+#[test]
+fn an_oauth2_client_secret_makes_the_file_private_like_a_password() {
+    let with = parse::parse_table(
+        "[account.a]\noauth2_client_secret = \"s\"\n",
+        Path::new(PATH),
+    )
+    .unwrap();
+    assert!(parse::has_password(&with));
+    let without =
+        parse::parse_table("[account.a]\noauth2_client_id = \"c\"\n", Path::new(PATH)).unwrap();
+    assert!(!parse::has_password(&without));
+}
