@@ -429,3 +429,29 @@ fn an_access_token_the_server_refuses_is_dropped_and_the_next_run_refreshes() {
     assert_eq!(w.delivered(), 1);
     assert_eq!(refreshes(&w), 1);
 }
+
+#[test]
+fn a_fresh_token_needs_no_provider_and_a_changed_client_needs_a_new_login() {
+    let mut w = world(300);
+    w.login_device().expect_code(0);
+    w.message("one");
+    // popsync cannot reach the issuer now (Dovecot still can): a fresh
+    // access token is used without any request to the provider.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    w.rewrite("oauth2_issuer", &format!("\"http://127.0.0.1:{port}\""));
+    w.p.run(&["sync"]).expect_code(0);
+    assert_eq!(w.delivered(), 1);
+
+    // Another client id: the stored tokens are not used for it.
+    w.rewrite("oauth2_client_id", "\"someone-else\"");
+    let run = w.p.run(&["sync"]);
+    run.expect_code(4);
+    assert!(
+        run.stderr().contains("for another client or provider")
+            && run.stderr().contains("popsync login alice"),
+        "{}",
+        run.stderr()
+    );
+}

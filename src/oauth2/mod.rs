@@ -187,11 +187,11 @@ pub async fn access_token(account: &str, settings: &OAuth2Settings) -> Result<Se
             account: account.to_string(),
         });
     };
-    let endpoints = Endpoints::resolve(account, settings).await?;
-    if !tokens.issued_by(&settings.client_id, &endpoints.token) {
-        return Err(OAuth2Error::OtherClient {
-            account: account.to_string(),
-        });
+    let other_client = || OAuth2Error::OtherClient {
+        account: account.to_string(),
+    };
+    if tokens.client_id != settings.client_id {
+        return Err(other_client());
     }
     if let Some(refused) = &tokens.refused {
         // Known dead: do not ask the provider again until a new login.
@@ -202,8 +202,14 @@ pub async fn access_token(account: &str, settings: &OAuth2Settings) -> Result<Se
     }
     let now = store::now_unix();
     if let Some(access) = tokens.fresh_access_token(now) {
+        // No discovery request: a fresh token only goes to the POP3 server.
         tracing::debug!(account, "OAuth2 access token still fresh");
         return Ok(access);
+    }
+    // The refresh token goes only to the token endpoint it came from.
+    let endpoints = Endpoints::resolve(account, settings).await?;
+    if !tokens.issued_by(&settings.client_id, &endpoints.token) {
+        return Err(other_client());
     }
     let Some(refresh) = tokens.refresh_token.clone() else {
         return Err(OAuth2Error::NotLoggedIn {
