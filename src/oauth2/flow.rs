@@ -7,8 +7,9 @@ use std::time::Duration;
 use oauth2::basic::{BasicClient, BasicTokenResponse};
 use oauth2::{
     AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl,
-    DeviceCodeErrorResponseType, ErrorResponse, PkceCodeChallenge, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, StandardDeviceAuthorizationResponse, TokenResponse, TokenUrl,
+    DeviceCodeErrorResponseType, ErrorResponseType, PkceCodeChallenge, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardDeviceAuthorizationResponse, StandardErrorResponse,
+    TokenResponse, TokenUrl,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -78,26 +79,22 @@ where
 
 /// Maps a token endpoint's refusal: `invalid_grant` is a dead refresh
 /// token (revoked, expired, or already used once after rotation).
-fn token_error<RE, T>(account: &str, e: RequestTokenError<RE, T>, refreshing: bool) -> OAuth2Error
+fn token_error<RE, T>(
+    account: &str,
+    e: RequestTokenError<RE, StandardErrorResponse<T>>,
+    refreshing: bool,
+) -> OAuth2Error
 where
     RE: std::error::Error + 'static,
-    T: ErrorResponse + 'static + std::fmt::Display,
+    T: ErrorResponseType + AsRef<str> + std::fmt::Display + Clone + 'static,
 {
     let account = account.to_string();
     match e {
         RequestTokenError::ServerResponse(r) => {
-            let text = clean(&r.to_string());
-            let code = text
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
+            let code = r.error().as_ref().to_string();
+            let detail = clean(&r.to_string());
             if refreshing && code == "invalid_grant" {
-                OAuth2Error::Revoked {
-                    account,
-                    detail: text,
-                }
+                OAuth2Error::Revoked { account, detail }
             } else {
                 OAuth2Error::Provider {
                     account,
@@ -105,7 +102,7 @@ where
                         code.as_str(),
                         "invalid_client" | "unauthorized_client" | "invalid_scope"
                     ),
-                    detail: text,
+                    detail,
                 }
             }
         }

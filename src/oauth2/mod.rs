@@ -145,7 +145,9 @@ impl OAuth2Error {
 
     pub fn kind(&self) -> FailureKind {
         match self {
-            e if e.needs_login() => FailureKind::Auth,
+            OAuth2Error::NotLoggedIn { .. }
+            | OAuth2Error::Revoked { .. }
+            | OAuth2Error::OtherClient { .. } => FailureKind::Auth,
             OAuth2Error::Network { .. } => FailureKind::Temporary,
             OAuth2Error::Provider {
                 client_rejected: true,
@@ -153,7 +155,6 @@ impl OAuth2Error {
             } => FailureKind::Config,
             OAuth2Error::Provider { .. } | OAuth2Error::Login { .. } => FailureKind::Auth,
             OAuth2Error::Store { .. } => FailureKind::Delivery,
-            _ => FailureKind::Auth,
         }
     }
 }
