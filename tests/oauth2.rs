@@ -18,6 +18,8 @@ struct World {
     dovecot: Dovecot,
     p: Popsync,
     account: AccountToml,
+    /// For every popsync started (the keyring test's session bus).
+    env: Vec<(String, String)>,
 }
 
 /// A provider whose access tokens live `access_ttl` seconds, a Dovecot that
@@ -43,6 +45,7 @@ fn world(access_ttl: u64) -> World {
         dovecot,
         p,
         account,
+        env: Vec::new(),
     }
 }
 
@@ -77,9 +80,18 @@ impl World {
         )
     }
 
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = self.p.command(args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        Run(self.command(args).output().unwrap())
+    }
+
     fn spawn_login(&self, flow: &str) -> (Child, LineReader) {
         let mut child = self
-            .p
             .command(&[
                 "login",
                 "alice",
@@ -454,4 +466,49 @@ fn a_fresh_token_needs_no_provider_and_a_changed_client_needs_a_new_login() {
         "{}",
         run.stderr()
     );
+}
+
+#[test]
+fn with_oauth2_keyring_the_refresh_token_lives_in_the_desktop_keyring() {
+    let bus = support::keyring::KeyringBus::start();
+    let mut w = world(3);
+    w.env
+        .push(("DBUS_SESSION_BUS_ADDRESS".into(), bus.address.clone()));
+    w.rewrite("oauth2_keyring", "true");
+    w.login_device().expect_code(0);
+    let file = w.token_file();
+    assert!(
+        file.get("refresh_token").is_none(),
+        "not in the file: {file}"
+    );
+    assert_eq!(
+        file["refresh_token_in_keyring"],
+        serde_json::Value::Bool(true)
+    );
+
+    // Expired: refreshed with the keyring's token, the rotated one stored back.
+    std::thread::sleep(Duration::from_secs(4));
+    w.message("one");
+    w.run(&["sync"]).expect_code(0);
+    std::thread::sleep(Duration::from_secs(4));
+    w.message("two");
+    w.run(&["sync"]).expect_code(0);
+    assert_eq!(w.delivered(), 2);
+    assert_eq!(
+        refreshes(&w),
+        2,
+        "the second refresh used the rotated token"
+    );
+
+    // Without the keyring the token cannot be had: a clear error.
+    std::thread::sleep(Duration::from_secs(4));
+    let run = w.p.run_env(
+        &["sync"],
+        &[(
+            "DBUS_SESSION_BUS_ADDRESS",
+            "unix:path=/nonexistent/popsync-test-bus",
+        )],
+    );
+    assert_ne!(run.code(), 0);
+    assert!(run.stderr().contains("desktop keyring"), "{}", run.stderr());
 }

@@ -590,6 +590,7 @@ oauth2_client_id = "00000000-1111-2222-3333-444444444444"
         "oauth2 implies a token mechanism"
     );
     let s = a.oauth2().expect("oauth2 settings");
+    assert!(!s.keyring, "the token file unless asked");
     assert_eq!(s.preset, crate::oauth2::Preset::Microsoft);
     assert_eq!(s.tenant, "common");
     assert_eq!(
@@ -675,6 +676,10 @@ fn oauth2_errors_name_the_key_and_the_fix() {
         (
             "oauth2_client_ids = \"c\"",
             &["did you mean `oauth2_client_id`"],
+        ),
+        (
+            "oauth2 = \"google\"\noauth2_client_id = \"c\"\noauth2_keyring = \"yes\"",
+            &["`oauth2_keyring` must be true or false"],
         ),
     ];
     for (extra, parts) in cases {

@@ -64,6 +64,9 @@ pub struct OAuth2Settings {
     /// Custom only: where `/.well-known/openid-configuration` is.
     pub issuer: Option<String>,
     pub scopes: Vec<String>,
+    /// Keep the refresh token in the desktop keyring (Secret Service), not
+    /// in the token file.
+    pub keyring: bool,
     /// `STATE_DIR/oauth2`: filled in once the state directory is known.
     pub token_dir: PathBuf,
 }
@@ -77,6 +80,7 @@ impl std::fmt::Debug for OAuth2Settings {
             .field("tenant", &self.tenant)
             .field("issuer", &self.issuer)
             .field("scopes", &self.scopes)
+            .field("keyring", &self.keyring)
             .field("token_dir", &self.token_dir)
             .finish()
     }
@@ -84,7 +88,7 @@ impl std::fmt::Debug for OAuth2Settings {
 
 impl OAuth2Settings {
     pub fn store(&self, account: &str) -> TokenStore {
-        TokenStore::new(&self.token_dir, account)
+        TokenStore::new(&self.token_dir, account, self.keyring)
     }
 }
 

@@ -59,6 +59,9 @@ struct OnDisk {
     lifetime: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refused: Option<String>,
+    /// The refresh token is in the desktop keyring (`oauth2_keyring`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    refresh_token_in_keyring: bool,
 }
 
 impl Tokens {
@@ -124,6 +127,7 @@ pub struct TokenStore {
     account: String,
     dir: PathBuf,
     path: PathBuf,
+    keyring: bool,
 }
 
 /// Held while tokens are read, refreshed and written.
@@ -132,11 +136,12 @@ pub struct TokenLock {
 }
 
 impl TokenStore {
-    pub fn new(dir: &Path, account: &str) -> TokenStore {
+    pub fn new(dir: &Path, account: &str, keyring: bool) -> TokenStore {
         TokenStore {
             account: account.to_string(),
             dir: dir.to_path_buf(),
             path: dir.join(format!("{account}.json")),
+            keyring,
         }
     }
 
@@ -217,10 +222,15 @@ impl TokenStore {
                 self.account
             ))
         })?;
+        let refresh_token = if disk.refresh_token_in_keyring {
+            keyring::load(&self.account).map_err(|e| self.fail(e))?
+        } else {
+            disk.refresh_token.map(Secret::new)
+        };
         Ok(Some(Tokens {
             client_id: disk.client_id,
             token_url: disk.token_url,
-            refresh_token: disk.refresh_token.map(Secret::new),
+            refresh_token,
             access_token: disk.access_token.map(Secret::new),
             expires_at: disk.expires_at,
             lifetime: disk.lifetime,
@@ -235,14 +245,19 @@ impl TokenStore {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| self.fail(e))?;
+        // The keyring first: if the file write then fails, the file still
+        // says "in the keyring", where the newest token already is.
+        if self.keyring {
+            keyring::save(&self.account, tokens.refresh_token.as_ref())
+                .map_err(|e| self.fail(e))?;
+        }
+        let in_file = tokens.refresh_token.as_ref().filter(|_| !self.keyring);
         let disk = OnDisk {
             version: 1,
             client_id: tokens.client_id.clone(),
             token_url: tokens.token_url.clone(),
-            refresh_token: tokens
-                .refresh_token
-                .as_ref()
-                .map(|s| s.expose().to_string()),
+            refresh_token_in_keyring: self.keyring,
+            refresh_token: in_file.map(|s| s.expose().to_string()),
             access_token: tokens.access_token.as_ref().map(|s| s.expose().to_string()),
             expires_at: tokens.expires_at,
             lifetime: tokens.lifetime,
@@ -271,6 +286,55 @@ impl TokenStore {
     }
 }
 
+/// The desktop keyring through the Secret Service API (keyring crate, zbus
+/// store: no system libraries). Each call runs on its own thread: the
+/// store blocks, and must not run on a tokio worker's context.
+mod keyring {
+    use crate::config::Secret;
+
+    const SERVICE: &str = "popsync OAuth2 refresh token";
+
+    fn call<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, keyring::Error> + Send + 'static,
+    ) -> Result<T, String> {
+        let joined = crate::sync::blocking(|| std::thread::spawn(f).join());
+        match joined {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!(
+                "desktop keyring (oauth2_keyring = true): {e}; is a Secret Service (GNOME Keyring, KWallet) running and unlocked?"
+            )),
+            Err(_) => Err("desktop keyring: the keyring thread panicked".into()),
+        }
+    }
+
+    pub fn load(account: &str) -> Result<Option<Secret>, String> {
+        let account = account.to_string();
+        call(
+            move || match keyring::Entry::new(SERVICE, &account)?.get_password() {
+                Ok(token) => Ok(Some(Secret::new(token))),
+                Err(keyring::Error::NoEntry) => Ok(None),
+                Err(e) => Err(e),
+            },
+        )
+    }
+
+    /// Stores `token`, or removes the entry when there is none (refused).
+    pub fn save(account: &str, token: Option<&Secret>) -> Result<(), String> {
+        let account = account.to_string();
+        let token = token.map(|t| t.expose().to_string());
+        call(move || {
+            let entry = keyring::Entry::new(SERVICE, &account)?;
+            match token {
+                Some(t) => entry.set_password(&t),
+                None => match entry.delete_credential() {
+                    Err(keyring::Error::NoEntry) => Ok(()),
+                    other => other,
+                },
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,7 +351,7 @@ mod tests {
     #[test]
     fn round_trip_is_private_and_atomic() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::new(&dir.path().join("oauth2"), "alice");
+        let store = TokenStore::new(&dir.path().join("oauth2"), "alice", false);
         assert_eq!(store.load().unwrap(), None);
         let t = Tokens::from_login("cid", "https://t", granted("a1", Some("r1"), 3600), 1000);
         store.save(&t).unwrap();
@@ -312,7 +376,7 @@ mod tests {
     #[test]
     fn a_file_others_can_read_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::new(dir.path(), "alice");
+        let store = TokenStore::new(dir.path(), "alice", false);
         let t = Tokens::from_login("cid", "https://t", granted("a1", Some("r1"), 3600), 1000);
         store.save(&t).unwrap();
         std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -356,7 +420,7 @@ mod tests {
     #[tokio::test]
     async fn the_lock_excludes_a_second_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::new(dir.path(), "alice");
+        let store = TokenStore::new(dir.path(), "alice", false);
         let held = store.lock().await.unwrap();
         let waiting = tokio::time::timeout(Duration::from_millis(300), store.lock()).await;
         assert!(waiting.is_err(), "a second lock must wait");

@@ -14,6 +14,7 @@ pub(super) const KEYS: &[&str] = &[
     "oauth2_tenant",
     "oauth2_issuer",
     "oauth2_scopes",
+    "oauth2_keyring",
 ];
 
 /// The `oauth2*` keys of one table, type-checked, not yet combined.
@@ -25,6 +26,7 @@ pub(super) struct OAuth2Fields {
     tenant: Option<String>,
     issuer: Option<String>,
     scopes: Option<Vec<String>>,
+    keyring: Option<bool>,
 }
 
 impl OAuth2Fields {
@@ -80,6 +82,7 @@ impl OAuth2Fields {
                 }
                 self.scopes = Some(scopes);
             }
+            "oauth2_keyring" => self.keyring = Some(ctx.bool(k, v)?),
             _ => unreachable!("only KEYS are passed here"),
         }
         Ok(())
@@ -134,6 +137,7 @@ impl OAuth2Fields {
             tenant: self.tenant.unwrap_or_else(|| "common".to_string()),
             issuer: self.issuer,
             scopes,
+            keyring: self.keyring.unwrap_or(false),
             token_dir: std::path::PathBuf::new(),
         }))
     }
