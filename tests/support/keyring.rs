@@ -62,8 +62,10 @@ impl KeyringBus {
 
     /// Until the Secret Service answers on the bus with its default collection.
     fn wait_ready(&self) {
-        let ok = super::daemon::wait_until(Duration::from_secs(15), || {
-            Command::new("dbus-send")
+        // Creating the login keyring derives a key: slow on a loaded machine.
+        let mut last = String::new();
+        let ok = super::daemon::wait_until(Duration::from_secs(90), || {
+            let out = Command::new("dbus-send")
                 .args([
                     "--session",
                     "--print-reply",
@@ -73,10 +75,21 @@ impl KeyringBus {
                     "string:default",
                 ])
                 .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("collection/login"))
+                .output();
+            last = match out {
+                Ok(o) => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => e.to_string(),
+            };
+            last.contains("collection/login")
         });
-        assert!(ok, "gnome-keyring-daemon did not come up on the test bus");
+        assert!(
+            ok,
+            "gnome-keyring-daemon did not come up on the test bus; dbus-send said: {last}"
+        );
     }
 }
 
