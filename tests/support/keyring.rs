@@ -64,18 +64,36 @@ impl KeyringBus {
     fn wait_ready(&self) {
         // Creating the login keyring derives a key: slow on a loaded machine.
         let mut last = String::new();
-        let ok = super::daemon::wait_until(Duration::from_secs(90), || {
-            let out = Command::new("dbus-send")
-                .args([
-                    "--session",
-                    "--print-reply",
-                    "--dest=org.freedesktop.secrets",
-                    "/org/freedesktop/secrets",
-                    "org.freedesktop.Secret.Service.ReadAlias",
-                    "string:default",
-                ])
+        // Ask the bus who owns the name first: a call to the service itself
+        // before ours has claimed it would make the bus start a second,
+        // locked gnome-keyring-daemon by D-Bus activation.
+        let dbus_send = |args: &[&str]| {
+            Command::new("dbus-send")
+                .args(["--session", "--print-reply"])
+                .args(args)
                 .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
-                .output();
+                .output()
+        };
+        let owned = super::daemon::wait_until(Duration::from_secs(90), || {
+            dbus_send(&[
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.NameHasOwner",
+                "string:org.freedesktop.secrets",
+            ])
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("boolean true"))
+        });
+        assert!(
+            owned,
+            "gnome-keyring-daemon did not claim org.freedesktop.secrets"
+        );
+        let ok = super::daemon::wait_until(Duration::from_secs(30), || {
+            let out = dbus_send(&[
+                "--dest=org.freedesktop.secrets",
+                "/org/freedesktop/secrets",
+                "org.freedesktop.Secret.Service.ReadAlias",
+                "string:default",
+            ]);
             last = match out {
                 Ok(o) => format!(
                     "{}{}",
