@@ -171,6 +171,7 @@ pub enum Commands {
     /// Sign in to the account's OAuth2 provider once (oauth2 = ...); the
     /// tokens are then refreshed by sync and daemon themselves
     Login {
+        /// Account name (the NAME of [account.NAME]); it needs `oauth2 = ...`
         account: String,
         /// device: a URL and a code to enter anywhere; loopback: a browser on
         /// this machine comes back to 127.0.0.1 [default: what the provider supports]
