@@ -9,6 +9,7 @@
 //! - [`verify`]: checks stored messages against their recorded SHA-256.
 //! - [`repair`]: moves damaged copies aside before they are fetched again.
 //! - [`sync`]: the engine that syncs one account.
+//! - [`oauth2`]: OAuth2 tokens (presets, store, refresh, login flows).
 //! - [`daemon`]: the background service over many accounts; [`notify`]: its
 //!   desktop notifications.
 //! - [`setup`]: `popsync init`'s server discovery and config writing.
@@ -21,6 +22,7 @@ pub mod hardening;
 pub mod helpers;
 pub mod migrate;
 pub mod notify;
+pub mod oauth2;
 pub mod ownership;
 pub mod pop3;
 pub mod repair;

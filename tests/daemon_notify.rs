@@ -110,12 +110,13 @@ impl Stub {
     fn close_notification(&self, _id: u32) {}
 }
 
-#[test]
-fn new_mail_is_announced_on_the_session_bus_with_decoded_senders_and_subjects() {
-    let bus = SessionBus::start();
+/// Serves the stub on `bus`; the calls it records.
+fn serve_stub(
+    bus: &SessionBus,
+    rt: &tokio::runtime::Runtime,
+) -> (zbus::Connection, Arc<Mutex<Vec<Call>>>) {
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let _server = rt
+    let server = rt
         .block_on(
             zbus::connection::Builder::address(bus.address.as_str())
                 .name("org.freedesktop.Notifications")
@@ -128,6 +129,14 @@ fn new_mail_is_announced_on_the_session_bus_with_decoded_senders_and_subjects() 
                 .build(),
         )
         .expect("stub notification server on the session bus");
+    (server, calls)
+}
+
+#[test]
+fn new_mail_is_announced_on_the_session_bus_with_decoded_senders_and_subjects() {
+    let bus = SessionBus::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_server, calls) = serve_stub(&bus, &rt);
 
     let d = Dovecot::start();
     let p = Popsync::new("");
@@ -187,4 +196,42 @@ fn new_mail_is_announced_on_the_session_bus_with_decoded_senders_and_subjects() 
         .wait_exit(Duration::from_secs(8))
         .expect("daemon exits");
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn an_oauth2_account_without_a_login_is_announced_once() {
+    let bus = SessionBus::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_server, calls) = serve_stub(&bus, &rt);
+    // Never logged in: each poll stops at the missing token file, so
+    // neither the provider nor the POP3 server is ever contacted.
+    let p = Popsync::new("");
+    p.write_config(&format!(
+        "[account.alice]\nhost = \"127.0.0.1\"\nport = 9\nusername = \"alice\"\n\
+         oauth2 = \"custom\"\noauth2_issuer = \"http://127.0.0.1:9\"\n\
+         oauth2_client_id = \"c\"\noauth2_scopes = [\"pop\"]\n\
+         maildir = {:?}\ninterval = \"1s\"\n",
+        p.path("alice")
+    ));
+    let mut daemon = DaemonProcess::start(&p, &[("DBUS_SESSION_BUS_ADDRESS", &bus.address)]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !calls
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "no notification; log:\n{}",
+        daemon.log()
+    );
+    // Several more polls, no second notification.
+    std::thread::sleep(Duration::from_secs(4));
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:#?}\n{}", daemon.log());
+    assert_eq!(calls[0].summary, "alice: sign-in needed");
+    assert!(
+        calls[0].body.contains("popsync login alice"),
+        "{}",
+        calls[0].body
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(8)).is_some());
 }

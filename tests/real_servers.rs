@@ -9,7 +9,8 @@ use support::popa3d::Popa3d;
 use support::popsync::{AccountToml, Popsync, Run, maildir_messages, sorted};
 
 enum Real {
-    Dovecot(Dovecot),
+    // Boxed: a Dovecot handle is large (its options, PKI paths).
+    Dovecot(Box<Dovecot>),
     Popa3d(Popa3d),
 }
 
@@ -17,7 +18,10 @@ impl Real {
     fn both(messages: &[Vec<u8>]) -> Vec<Real> {
         let d = Dovecot::start();
         d.add_messages("alice", messages);
-        vec![Real::Dovecot(d), Real::Popa3d(Popa3d::start(messages))]
+        vec![
+            Real::Dovecot(Box::new(d)),
+            Real::Popa3d(Popa3d::start(messages)),
+        ]
     }
 
     fn name(&self) -> &'static str {

@@ -42,7 +42,7 @@ impl Exit {
         match kind {
             FailureKind::Config => Exit::Config,
             FailureKind::Tls => Exit::Tls,
-            FailureKind::Auth => Exit::Auth,
+            FailureKind::Auth | FailureKind::NeedsLogin => Exit::Auth,
             FailureKind::Network | FailureKind::Busy | FailureKind::LoginDelay => Exit::Temporary,
             FailureKind::Protocol => Exit::Protocol,
             FailureKind::Delivery => Exit::Delivery,
@@ -110,6 +110,13 @@ impl From<crate::store::StoreError> for Failure {
 impl From<crate::config::ConfigError> for Failure {
     fn from(e: crate::config::ConfigError) -> Self {
         Failure::new(Exit::Config, e.to_string())
+    }
+}
+
+/// Credentials (password_command, OAuth2 tokens) fail before any session.
+impl From<crate::sync::SyncError> for Failure {
+    fn from(e: crate::sync::SyncError) -> Self {
+        Failure::new(Exit::for_kind(e.kind()), e.to_string())
     }
 }
 
@@ -199,6 +206,15 @@ mod tests {
                 Exit::Locked,
                 "locked",
                 Outcome::Locked,
+            ),
+            (
+                SyncError::OAuth2(crate::oauth2::OAuth2Error::Revoked {
+                    account: "a".into(),
+                    detail: "invalid_grant".into(),
+                }),
+                Exit::Auth,
+                "auth",
+                Outcome::NeedsLogin,
             ),
         ];
         for (err, exit, word, outcome) in cases {

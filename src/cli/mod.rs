@@ -6,6 +6,7 @@ mod dry_run;
 pub mod exit;
 mod import_uids;
 mod init;
+mod login;
 mod ls;
 mod mark_seen;
 mod probe;
@@ -166,6 +167,19 @@ pub enum Commands {
         /// Only show what would be deleted
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Sign in to the account's OAuth2 provider once (oauth2 = ...); the
+    /// tokens are then refreshed by sync and daemon themselves
+    Login {
+        /// Account name (the NAME of [account.NAME]); it needs `oauth2 = ...`
+        account: String,
+        /// device: a URL and a code to enter anywhere; loopback: a browser on
+        /// this machine comes back to 127.0.0.1 [default: what the provider supports]
+        #[arg(long, value_enum)]
+        flow: Option<crate::oauth2::flow::Flow>,
+        /// Only print the URL, never start a browser (or POPSYNC_NO_BROWSER=1)
+        #[arg(long)]
+        no_browser: bool,
     },
     /// Keep running in the foreground (for systemd or a terminal): poll
     /// every account on its interval, notify about new mail. SIGHUP reloads
@@ -338,6 +352,18 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Commands::Man | Commands::Completions { .. } | Commands::Init(_) => {
             unreachable!("handled above")
+        }
+        Commands::Login {
+            account,
+            flow,
+            no_browser,
+        } => {
+            let args = login::Args {
+                flow: *flow,
+                no_browser: *no_browser,
+                trace,
+            };
+            login::run(config.account(account)?, args).await
         }
         Commands::Daemon { jobs } => {
             crate::config::require_targets(&config.path, &config.accounts)?;

@@ -60,8 +60,9 @@ pub async fn run(account: &Account, trace: Option<TraceSink>) -> Result<String, 
         )
     };
     let opts = crate::sync::connect_options(account, trace);
-    let creds =
-        crate::sync::credentials(account).map_err(|e| super::server::config_failure(account, e))?;
+    let creds = crate::sync::credentials(account)
+        .await
+        .map_err(|e| super::server::credentials_failure(account, e))?;
     let mut session = Session::connect(&opts).await.map_err(session_err)?;
 
     let mut out = header(account);

@@ -35,10 +35,13 @@ pub fn lock(config: &Config, account: &Account) -> Result<AccountLock, Failure> 
     })
 }
 
-/// A configuration problem of one account (a missing password, a failing
-/// password_command), named once.
-pub fn config_failure(account: &Account, e: crate::config::ConfigError) -> Failure {
-    Failure::new(Exit::Config, format!("account `{}`: {e}", account.name))
+/// The credentials could not be had (a missing password, a failing
+/// password_command, no OAuth2 login), named once.
+pub fn credentials_failure(account: &Account, e: crate::sync::SyncError) -> Failure {
+    Failure::new(
+        Exit::for_kind(e.kind()),
+        format!("account `{}`: {e}", account.name),
+    )
 }
 
 pub fn session_failure(account: &Account, e: SessionError) -> Failure {
@@ -108,7 +111,9 @@ pub async fn open(
 /// credentials, under the same rules as sync.
 pub async fn login(account: &Account, trace: Option<TraceSink>) -> Result<Session, Failure> {
     let fail = |e| session_failure(account, e);
-    let creds = crate::sync::credentials(account).map_err(|e| config_failure(account, e))?;
+    let creds = crate::sync::credentials(account)
+        .await
+        .map_err(|e| credentials_failure(account, e))?;
     let mut session = Session::connect(&crate::sync::connect_options(account, trace))
         .await
         .map_err(fail)?;

@@ -210,7 +210,7 @@ impl Shell<'_> {
             )),
         }
         if login == Login::Account {
-            let creds = blocking(|| crate::sync::credentials(a))?;
+            let creds = crate::sync::credentials(a).await?;
             session.login(&creds).await.map_err(|e| self.fail(e))?;
             say(&format!(
                 "logged in as {} with {} (credentials sent by popsync, not shown)",

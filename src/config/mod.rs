@@ -44,6 +44,8 @@ pub enum AuthMethod {
     Apop,
     Plain,
     Xoauth2,
+    /// RFC 7628 (the standard form of XOAUTH2).
+    Oauthbearer,
 }
 
 /// A password or token. Its Debug and Display never show the value.
@@ -238,6 +240,8 @@ pub enum SecretSource {
     Command(String),
     /// Neither was configured; asked for only when needed.
     Missing,
+    /// OAuth2 tokens popsync obtains (`popsync login`) and refreshes itself.
+    OAuth2(Box<crate::oauth2::OAuth2Settings>),
 }
 
 impl fmt::Debug for SecretSource {
@@ -246,6 +250,7 @@ impl fmt::Debug for SecretSource {
             SecretSource::Password(_) => f.write_str("Password(<redacted>)"),
             SecretSource::Command(c) => f.debug_tuple("Command").field(c).finish(),
             SecretSource::Missing => f.write_str("Missing"),
+            SecretSource::OAuth2(s) => f.debug_tuple("OAuth2").field(s).finish(),
         }
     }
 }
@@ -306,10 +311,22 @@ impl Account {
             SecretSource::Command(cmd) => {
                 run_password_command(&self.name, cmd, self.password_command_timeout)
             }
+            // Tokens come from crate::oauth2::access_token (async, networked).
+            SecretSource::OAuth2(_) => Err(ConfigError::MissingSecret {
+                account: self.name.clone(),
+            }),
         }
     }
 
     /// The delivery target, or an error naming the keys to set.
+    /// The OAuth2 settings, when the account logs in with popsync's own tokens.
+    pub fn oauth2(&self) -> Option<&crate::oauth2::OAuth2Settings> {
+        match &self.secret_source {
+            SecretSource::OAuth2(s) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn target(&self) -> Result<&TargetConfig, ConfigError> {
         self.target.as_ref().ok_or_else(|| ConfigError::NoTarget {
             account: self.name.clone(),

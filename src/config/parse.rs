@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+mod oauth2;
+
 use super::units::{parse_duration, parse_fingerprint, parse_size};
 use super::{
     Account, AuthMethod, Config, ConfigError, Secret, SecretSource, TargetConfig, TlsMode,
@@ -48,10 +50,14 @@ const ACCOUNT_KEYS: &[&str] = &[
     "max_messages",
     "password_command_timeout",
 ];
+fn is_account_key(key: &str) -> bool {
+    ACCOUNT_KEYS.contains(&key) || oauth2::KEYS.contains(&key)
+}
+
 /// Keys that together make one setting: an account setting any of them
 /// replaces all of them from `[defaults]`.
 const TARGET_KEYS: &[&str] = &["maildir", "mbox", "mda"];
-const SECRET_KEYS: &[&str] = &["password", "password_command"];
+const SECRET_KEYS: &[&str] = &["password", "password_command", "oauth2"];
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,7 +100,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 pub(super) fn has_password(table: &Table) -> bool {
     table
         .iter()
-        .any(|(k, v)| k == "password" || value_has_password(v))
+        .any(|(k, v)| k == "password" || k == "oauth2_client_secret" || value_has_password(v))
 }
 
 fn value_has_password(v: &Value) -> bool {
@@ -319,12 +325,14 @@ struct Fields {
     utf8: Option<bool>,
     max_messages: Option<u32>,
     password_command_timeout: Option<Duration>,
+    oauth2: oauth2::OAuth2Fields,
 }
 
 fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
     // Typos first: they are the likeliest mistake and explain later ones.
-    if let Some(key) = table.keys().find(|k| !ACCOUNT_KEYS.contains(&k.as_str())) {
-        return Err(ctx.unknown(key, ACCOUNT_KEYS));
+    if let Some(key) = table.keys().find(|k| !is_account_key(k)) {
+        let known: Vec<&'static str> = ACCOUNT_KEYS.iter().chain(oauth2::KEYS).copied().collect();
+        return Err(ctx.unknown(key, &known));
     }
     let mut f = Fields::default();
     for (key, v) in table {
@@ -364,6 +372,7 @@ fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
                     ("apop", AuthMethod::Apop),
                     ("plain", AuthMethod::Plain),
                     ("xoauth2", AuthMethod::Xoauth2),
+                    ("oauthbearer", AuthMethod::Oauthbearer),
                 ];
                 f.auth = Some(ctx.choice(k, v, &choices)?);
             }
@@ -385,7 +394,8 @@ fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
             "utf8" => f.utf8 = Some(ctx.bool(k, v)?),
             "max_messages" => f.max_messages = Some(ctx.int(k, v, 1, i64::from(u32::MAX))? as u32),
             "password_command_timeout" => f.password_command_timeout = Some(ctx.duration(k, v)?),
-            _ => unreachable!("checked against ACCOUNT_KEYS above"),
+            k if oauth2::KEYS.contains(&k) => f.oauth2.set(k, v, ctx)?,
+            _ => unreachable!("checked with is_account_key above"),
         }
     }
     check_conflicts(&f, ctx)?;
@@ -395,6 +405,11 @@ fn parse_fields(table: &Table, ctx: &Ctx) -> Result<Fields, ConfigError> {
 fn check_conflicts(f: &Fields, ctx: &Ctx) -> Result<(), ConfigError> {
     if f.password.is_some() && f.password_command.is_some() {
         return Err(ctx.invalid("`password` and `password_command` are both set; choose one"));
+    }
+    if f.oauth2.is_set() && (f.password.is_some() || f.password_command.is_some()) {
+        return Err(ctx.invalid(
+            "`oauth2` and a `password`/`password_command` are both set; choose one (oauth2 gets its tokens itself)",
+        ));
     }
     let set: Vec<&str> = [
         ("maildir", f.maildir.is_some()),
@@ -442,10 +457,22 @@ fn build_account(name: &str, f: Fields, ctx: &Ctx) -> Result<Account, ConfigErro
         TlsMode::Implicit => 995,
         TlsMode::Starttls | TlsMode::None => 110,
     });
-    let secret_source = match (f.password, f.password_command) {
-        (Some(p), _) => SecretSource::Password(p),
-        (None, Some(c)) => SecretSource::Command(c),
-        (None, None) => SecretSource::Missing,
+    let oauth2 = f.oauth2.build(ctx)?;
+    let auth = match (f.auth, oauth2.is_some()) {
+        (None | Some(AuthMethod::Auto), true) => AuthMethod::Xoauth2,
+        (Some(m @ (AuthMethod::Xoauth2 | AuthMethod::Oauthbearer)), true) => m,
+        (Some(_), true) => {
+            return Err(ctx.invalid(
+                "`oauth2` gives a token, not a password: set `auth = \"xoauth2\"` or `auth = \"oauthbearer\"`",
+            ));
+        }
+        (m, false) => m.unwrap_or_default(),
+    };
+    let secret_source = match (f.password, f.password_command, oauth2) {
+        (_, _, Some(settings)) => SecretSource::OAuth2(Box::new(settings)),
+        (Some(p), _, None) => SecretSource::Password(p),
+        (None, Some(c), None) => SecretSource::Command(c),
+        (None, None, None) => SecretSource::Missing,
     };
     let target = match (f.maildir, f.mbox, f.mda) {
         (Some(p), _, _) => Some(TargetConfig::Maildir(p)),
@@ -462,7 +489,7 @@ fn build_account(name: &str, f: Fields, ctx: &Ctx) -> Result<Account, ConfigErro
         fingerprint: f.fingerprint,
         username,
         secret_source,
-        auth: f.auth.unwrap_or_default(),
+        auth,
         allow_insecure_auth: f.allow_insecure_auth.unwrap_or(false),
         target,
         keep: f.keep.unwrap_or(true),
@@ -499,7 +526,7 @@ pub(super) fn from_table(table: &Table, path: &Path, env: Env) -> Result<Config,
         env,
     };
     if let Some(key) = table.keys().find(|k| !TOP_KEYS.contains(&k.as_str())) {
-        if ACCOUNT_KEYS.contains(&key.as_str()) {
+        if is_account_key(key) {
             // Most likely a missing table header above it.
             return Err(top.invalid(format!(
                 "unknown key `{key}` at top level; it is an account key: put it under [account.NAME] or [defaults]"
@@ -559,7 +586,11 @@ pub(super) fn from_table(table: &Table, path: &Path, env: Env) -> Result<Config,
             env,
         };
         let fields = parse_fields(&merge(defaults, t), &ctx)?;
-        accounts.push(build_account(name, fields, &ctx)?);
+        let mut account = build_account(name, fields, &ctx)?;
+        if let SecretSource::OAuth2(settings) = &mut account.secret_source {
+            settings.token_dir = state_dir.join("oauth2");
+        }
+        accounts.push(account);
     }
     accounts.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Config {

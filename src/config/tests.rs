@@ -231,7 +231,9 @@ fn bad_values() {
         ),
         (
             "auth = \"kerberos\"",
-            &["`auth` must be one of auto, user, apop, plain, xoauth2 (got `kerberos`)"],
+            &[
+                "`auth` must be one of auto, user, apop, plain, xoauth2, oauthbearer (got `kerberos`)",
+            ],
         ),
         ("port = 0", &["`port` must be between 1 and 65535 (got 0)"]),
         (
@@ -581,4 +583,140 @@ fn state_busy_timeout_is_top_level_with_a_default() {
         &err(&format!("state_busy_timeout = \"0s\"\n{MINIMAL}")),
         &["`state_busy_timeout` must be greater than zero"],
     );
+}
+
+#[test]
+fn oauth2_microsoft_in_four_lines() {
+    let c = parse(
+        r#"
+[account.work]
+host = "outlook.office365.com"
+username = "me@example.com"
+oauth2 = "microsoft"
+oauth2_client_id = "00000000-1111-2222-3333-444444444444"
+"#,
+    )
+    .unwrap();
+    let a = c.account("work").unwrap();
+    assert_eq!(
+        a.auth,
+        AuthMethod::Xoauth2,
+        "oauth2 implies a token mechanism"
+    );
+    let s = a.oauth2().expect("oauth2 settings");
+    assert!(!s.keyring, "the token file unless asked");
+    assert_eq!(s.preset, crate::oauth2::Preset::Microsoft);
+    assert_eq!(s.tenant, "common");
+    assert_eq!(
+        s.scopes,
+        [
+            "https://outlook.office.com/POP.AccessAsUser.All",
+            "offline_access"
+        ]
+    );
+    assert_eq!(
+        s.token_dir,
+        PathBuf::from("/home/u/.local/state/popsync/oauth2")
+    );
+}
+
+#[test]
+fn oauth2_inherits_from_defaults_and_a_password_account_drops_it() {
+    let c = parse(
+        r#"
+[defaults]
+oauth2 = "google"
+oauth2_client_id = "x.apps.googleusercontent.com"
+oauth2_client_secret = "not-really-secret"
+auth = "oauthbearer"
+[account.g]
+host = "pop.gmail.com"
+username = "me@gmail.com"
+[account.old]
+host = "pop.example.org"
+username = "old"
+auth = "user"
+password_command = "pass show old"
+"#,
+    )
+    .unwrap();
+    let g = c.account("g").unwrap();
+    assert_eq!(g.auth, AuthMethod::Oauthbearer);
+    assert_eq!(g.oauth2().unwrap().scopes, ["https://mail.google.com/"]);
+    let dbg = format!("{g:?}");
+    assert!(!dbg.contains("not-really-secret"), "{dbg}");
+    let old = c.account("old").unwrap();
+    assert!(old.oauth2().is_none());
+    assert!(matches!(old.secret_source, SecretSource::Command(_)));
+}
+
+#[test]
+fn oauth2_errors_name_the_key_and_the_fix() {
+    let base = "[account.a]\nhost = \"h\"\nusername = \"u\"\n";
+    let cases: &[(&str, &[&str])] = &[
+        ("oauth2 = \"microsoft\"", &["needs `oauth2_client_id`"]),
+        (
+            "oauth2 = \"yahoo\"",
+            &["`oauth2` must be one of microsoft, google, custom"],
+        ),
+        (
+            "oauth2 = \"custom\"\noauth2_client_id = \"c\"\noauth2_scopes = [\"pop\"]",
+            &["needs `oauth2_issuer`"],
+        ),
+        (
+            "oauth2 = \"custom\"\noauth2_client_id = \"c\"\noauth2_issuer = \"http://idp.example.com\"",
+            &["`oauth2_issuer`", "use https"],
+        ),
+        (
+            "oauth2 = \"custom\"\noauth2_client_id = \"c\"\noauth2_issuer = \"https://idp.example.com\"",
+            &["needs `oauth2_scopes`"],
+        ),
+        (
+            "oauth2 = \"microsoft\"\noauth2_client_id = \"c\"\noauth2_tenant = \"../evil\"",
+            &["`oauth2_tenant` must be"],
+        ),
+        (
+            "oauth2 = \"microsoft\"\noauth2_client_id = \"c\"\nauth = \"plain\"",
+            &["gives a token, not a password", "oauthbearer"],
+        ),
+        (
+            "oauth2 = \"microsoft\"\noauth2_client_id = \"c\"\npassword_command = \"x\"",
+            &["choose one"],
+        ),
+        (
+            "oauth2 = \"google\"\noauth2_client_id = \"c\"\noauth2_scopes = [\"a b\"]",
+            &["give each scope as its own string"],
+        ),
+        (
+            "oauth2_client_ids = \"c\"",
+            &["did you mean `oauth2_client_id`"],
+        ),
+        (
+            "oauth2 = \"google\"\noauth2_client_id = \"c\"\noauth2_keyring = \"yes\"",
+            &["`oauth2_keyring` must be true or false"],
+        ),
+    ];
+    for (extra, parts) in cases {
+        let msg = err(&format!("{base}{extra}\n"));
+        assert_has(&msg, parts);
+        assert_has(&msg, &["account `a`"]);
+    }
+    // A loopback http issuer is fine (test providers).
+    parse(&format!(
+        "{base}oauth2 = \"custom\"\noauth2_client_id = \"c\"\noauth2_issuer = \"http://127.0.0.1:8080\"\noauth2_scopes = [\"offline_access\", \"pop\"]\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn an_oauth2_client_secret_makes_the_file_private_like_a_password() {
+    let with = parse::parse_table(
+        "[account.a]\noauth2_client_secret = \"s\"\n",
+        Path::new(PATH),
+    )
+    .unwrap();
+    assert!(parse::has_password(&with));
+    let without =
+        parse::parse_table("[account.a]\noauth2_client_id = \"c\"\n", Path::new(PATH)).unwrap();
+    assert!(!parse::has_password(&without));
 }

@@ -395,6 +395,14 @@ impl Daemon {
                 .record(outcome, report.login_delay, &self.opts.policy, now, rand);
         let notify = entry.account.notify;
         log_poll(&report, outcome, decision, now);
+        if outcome == Outcome::NeedsLogin && decision.note == Note::Failed && notify {
+            let reason = report
+                .error
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            self.send(notify::login_needed(&name, &reason));
+        }
         if let Note::Paused { failures } = decision.note
             && notify
         {
@@ -471,7 +479,7 @@ impl Daemon {
             let name = account.name.clone();
             let fresh = match self.entries.get(&name) {
                 Some(e) if *e.account == *account => {
-                    if e.schedule.is_paused() {
+                    if e.schedule.is_paused() || e.schedule.waits_for_login() {
                         // Paused until a reload: this is the reload.
                         let schedule = self.fresh_schedule(account);
                         if let Some(e) = self.entries.get_mut(&name) {
@@ -600,6 +608,9 @@ fn log_poll(report: &AccountReport, outcome: Outcome, decision: Decision, now: I
         Note::Failed if outcome == Outcome::Locked => tracing::info!(
             "{}: another popsync process is syncing it; next try in {retry}",
             report.account
+        ),
+        Note::Failed if outcome == Outcome::NeedsLogin => tracing::error!(
+            "{summary}; checked again every {retry} (no network until then), or at once on reload"
         ),
         Note::Failed if outcome == Outcome::Failed || outcome == Outcome::Auth => {
             tracing::error!("{summary}; next try in {retry}")

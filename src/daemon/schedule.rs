@@ -56,6 +56,10 @@ pub enum Outcome {
     Auth,
     /// Another popsync process is syncing this account.
     Locked,
+    /// The OAuth2 tokens are missing, revoked or expired: only `popsync
+    /// login` helps. Checked on the normal interval (a local file, no
+    /// network: a refused refresh token is remembered), reported once.
+    NeedsLogin,
     /// Anything else (TLS, protocol, delivery, config): needs a human.
     Failed,
 }
@@ -72,6 +76,7 @@ impl Outcome {
             FailureKind::Busy => Outcome::Busy,
             FailureKind::LoginDelay => Outcome::LoginDelay,
             FailureKind::Auth => Outcome::Auth,
+            FailureKind::NeedsLogin => Outcome::NeedsLogin,
             FailureKind::Locked => Outcome::Locked,
             FailureKind::Config
             | FailureKind::Tls
@@ -153,6 +158,11 @@ impl AccountSchedule {
         self.next.is_none()
     }
 
+    /// The last poll found no usable OAuth2 login (a reload polls it at once).
+    pub fn waits_for_login(&self) -> bool {
+        self.last == Some(Outcome::NeedsLogin)
+    }
+
     pub fn failures(&self) -> u32 {
         self.failures
     }
@@ -193,6 +203,17 @@ impl AccountSchedule {
             } else {
                 Note::Ok
             };
+            return Decision {
+                next: self.next,
+                note,
+            };
+        }
+        if outcome == Outcome::NeedsLogin {
+            // Only a login helps; until then each check is a local file
+            // read, so the normal interval costs nothing (no backoff).
+            let note = self.streak_note(outcome);
+            self.failures += 1;
+            self.next = Some(jittered(self.interval));
             return Decision {
                 next: self.next,
                 note,
@@ -246,7 +267,8 @@ impl AccountSchedule {
     }
 
     fn streak_note(&mut self, outcome: Outcome) -> Note {
-        let repeated = outcome.is_transient() && self.last == Some(outcome);
+        let once_per_streak = outcome.is_transient() || outcome == Outcome::NeedsLogin;
+        let repeated = once_per_streak && self.last == Some(outcome);
         self.last = Some(outcome);
         if repeated {
             Note::Repeated {
@@ -458,6 +480,37 @@ mod tests {
             "poll-now does not resume a paused account"
         );
         assert!(s.next().is_none());
+    }
+
+    #[test]
+    fn a_needed_oauth2_login_keeps_the_interval_and_is_reported_once() {
+        let (mut s, policy, now) = fresh(5 * MIN);
+        let revoked = SyncError::OAuth2(crate::oauth2::OAuth2Error::Revoked {
+            account: "a".into(),
+            detail: "invalid_grant".into(),
+        });
+        let outcome = Outcome::of(Some(&revoked));
+        assert_eq!(outcome, Outcome::NeedsLogin);
+        for round in 0..5 {
+            let d = s.record(outcome, None, &policy, now, 0.0);
+            assert_eq!(
+                d.next,
+                Some(now + 5 * MIN),
+                "never paused for good, never backed off"
+            );
+            let expected = if round == 0 {
+                Note::Failed
+            } else {
+                Note::Repeated { streak: round + 1 }
+            };
+            assert_eq!(d.note, expected);
+            assert!(s.waits_for_login());
+        }
+        assert_eq!(
+            s.record(Outcome::Ok, None, &policy, now, 0.0).note,
+            Note::Recovered { failures: 5 }
+        );
+        assert!(!s.waits_for_login());
     }
 
     #[tokio::test(start_paused = true)]

@@ -146,6 +146,17 @@ pub fn polling_stopped(account: &str, reason: &str) -> Notification {
     }
 }
 
+/// The OAuth2 login is gone (revoked, expired, never done): says the
+/// command that fixes it; shown once per streak.
+pub fn login_needed(account: &str, reason: &str) -> Notification {
+    Notification {
+        summary: format!("{account}: sign-in needed"),
+        body: escape_markup(&format!(
+            "{reason}\nRun: popsync login {account} (polling resumes by itself afterwards)."
+        )),
+    }
+}
+
 /// Control characters (a folded header's newlines, tabs) become spaces;
 /// long text is cut.
 fn one_line(s: &str, max: usize) -> String {

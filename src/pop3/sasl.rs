@@ -13,6 +13,25 @@ pub fn xoauth2(user: &str, token: &str) -> String {
     STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
 }
 
+/// OAUTHBEARER (RFC 7628 §3.1): a GS2 header naming the user, then the
+/// `auth` key/value pair ended by ^A ^A (`host` and `port` are optional;
+/// Gmail documents this minimal form).
+pub fn oauthbearer(user: &str, token: &str) -> String {
+    STANDARD.encode(format!(
+        "n,a={},\x01auth=Bearer {token}\x01\x01",
+        gs2_saslname(user)
+    ))
+}
+
+/// The reply to an OAUTHBEARER error challenge (RFC 7628 §3.2.3): one ^A,
+/// after which the server sends its final -ERR.
+pub const OAUTHBEARER_ABORT: &str = "AQ==";
+
+/// RFC 5801 §4: `,` and `=` in a GS2 authzid are written `=2C` and `=3D`.
+fn gs2_saslname(user: &str) -> String {
+    user.replace('=', "=3D").replace(',', "=2C")
+}
+
 /// Decodes a server challenge for display (e.g. XOAUTH2's JSON error).
 pub fn decode_challenge(data: &str) -> Option<Vec<u8>> {
     STANDARD.decode(data.trim()).ok()
@@ -28,6 +47,24 @@ mod tests {
             plain("tim", "tanstaaftanstaaf"),
             "AHRpbQB0YW5zdGFhZnRhbnN0YWFm"
         );
+    }
+
+    #[test]
+    fn oauthbearer_matches_rfc7628_example() {
+        // RFC 7628 §4.1's token, without the optional host and port.
+        let decoded = STANDARD
+            .decode(oauthbearer(
+                "user@example.com",
+                "vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==",
+            ))
+            .unwrap();
+        assert_eq!(
+            decoded,
+            b"n,a=user@example.com,\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01"
+        );
+        let odd = STANDARD.decode(oauthbearer("a=b,c", "t")).unwrap();
+        assert!(odd.starts_with(b"n,a=a=3Db=2Cc,\x01"));
+        assert_eq!(STANDARD.decode(OAUTHBEARER_ABORT).unwrap(), b"\x01");
     }
 
     #[test]

@@ -23,6 +23,7 @@ enum Mechanism {
     Apop,
     Plain,
     Xoauth2,
+    Oauthbearer,
 }
 
 impl Mechanism {
@@ -32,6 +33,7 @@ impl Mechanism {
             Mechanism::Apop => "APOP",
             Mechanism::Plain => "SASL PLAIN",
             Mechanism::Xoauth2 => "SASL XOAUTH2",
+            Mechanism::Oauthbearer => "SASL OAUTHBEARER",
         }
     }
 }
@@ -114,10 +116,15 @@ impl Session {
                     return Err(self.finish_failed_sasl(line, mechanism).await);
                 }
             }
-            Mechanism::Xoauth2 => {
-                // Two steps, as Office 365 wants (getmail6#256).
+            Mechanism::Xoauth2 | Mechanism::Oauthbearer => {
+                // Two steps, as Office 365 wants (getmail6#256): no token on
+                // the AUTH line.
+                let (name, response) = match mechanism {
+                    Mechanism::Xoauth2 => ("XOAUTH2", sasl::xoauth2(user, secret)),
+                    _ => ("OAUTHBEARER", sasl::oauthbearer(user, secret)),
+                };
                 self.queue(&Command::Auth {
-                    mechanism: "XOAUTH2",
+                    mechanism: name,
                     initial: None,
                 })?;
                 self.flush().await?;
@@ -125,8 +132,7 @@ impl Session {
                 if line.status != Status::Continue {
                     return Err(failed(line));
                 }
-                let token = sasl::xoauth2(user, secret);
-                self.queue(&Command::AuthResponse(&token))?;
+                self.queue(&Command::AuthResponse(&response))?;
                 self.flush().await?;
                 let line = self.read_status().await?;
                 if line.status != Status::Ok {
@@ -153,7 +159,11 @@ impl Session {
                 ));
             }
             let next = async {
-                self.queue(&Command::AuthResponse(""))?;
+                let abort = match mechanism {
+                    Mechanism::Oauthbearer => sasl::OAUTHBEARER_ABORT,
+                    _ => "",
+                };
+                self.queue(&Command::AuthResponse(abort))?;
                 self.flush().await?;
                 self.read_status().await
             };
@@ -178,6 +188,7 @@ impl Session {
             AuthMethod::Apop => Ok(Mechanism::Apop),
             AuthMethod::Plain => Ok(Mechanism::Plain),
             AuthMethod::Xoauth2 => Ok(Mechanism::Xoauth2),
+            AuthMethod::Oauthbearer => Ok(Mechanism::Oauthbearer),
             AuthMethod::Auto => {
                 if !self.is_tls() && has_timestamp {
                     // Without TLS (and only if allowed at all), APOP at least

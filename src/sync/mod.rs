@@ -93,6 +93,8 @@ pub enum SyncError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    OAuth2(#[from] crate::oauth2::OAuth2Error),
 }
 
 impl SyncError {
@@ -114,6 +116,7 @@ impl SyncError {
             SyncError::Deliver(_) | SyncError::Store(_) => FailureKind::Delivery,
             SyncError::Lock(LockError::Held { .. }) => FailureKind::Locked,
             SyncError::Lock(_) => FailureKind::Delivery,
+            SyncError::OAuth2(e) => e.kind(),
         }
     }
 
@@ -132,6 +135,10 @@ pub enum FailureKind {
     Config,
     Tls,
     Auth,
+    /// The OAuth2 grant is missing, revoked or for another client: nothing
+    /// works until the user runs `popsync login` (exit 4, like `Auth`; the
+    /// daemon pauses the account instead of counting refused logins).
+    NeedsLogin,
     /// Try again later: the network or the connection failed (connect,
     /// time-out, reset).
     Network,
@@ -171,6 +178,7 @@ impl FailureKind {
             FailureKind::Config
             | FailureKind::Tls
             | FailureKind::Auth
+            | FailureKind::NeedsLogin
             | FailureKind::Protocol
             | FailureKind::Delivery => false,
         }
@@ -180,7 +188,7 @@ impl FailureKind {
         match self {
             FailureKind::Config => "config",
             FailureKind::Tls => "tls",
-            FailureKind::Auth => "auth",
+            FailureKind::Auth | FailureKind::NeedsLogin => "auth",
             // One word for the three: what `status` and scripts act on.
             FailureKind::Network | FailureKind::Busy | FailureKind::LoginDelay => "temporary",
             FailureKind::Protocol => "protocol",
@@ -331,10 +339,16 @@ pub fn connect_options(account: &Account, trace: Option<TraceSink>) -> ConnectOp
     }
 }
 
-pub fn credentials(account: &Account) -> Result<Credentials, ConfigError> {
+/// The login: the password (or `password_command`'s), or with `oauth2` an
+/// access token from the token store, refreshed first when due.
+pub async fn credentials(account: &Account) -> Result<Credentials, SyncError> {
+    let secret = match account.oauth2() {
+        Some(settings) => crate::oauth2::access_token(&account.name, settings).await?,
+        None => blocking(|| account.secret())?,
+    };
     Ok(Credentials {
         username: account.username.clone(),
-        secret: account.secret()?,
+        secret,
         method: account.auth,
         allow_insecure_auth: account.allow_insecure_auth,
     })
@@ -390,7 +404,7 @@ async fn run(
     *run_id = Some(with_store(store, |s| s.start_run(acct, opts.now))?);
     recover(acct, target.as_mut(), store, opts.now, report)?;
 
-    let creds = blocking(|| credentials(account))?;
+    let creds = credentials(account).await?;
     let mut session = Session::connect(&connect_options(account, opts.trace.clone())).await?;
     report.login_delay = session
         .capabilities()
@@ -399,7 +413,14 @@ async fn run(
     if account.utf8 {
         session.enable_utf8().await?;
     }
-    session.login(&creds).await?;
+    if let Err(e) = session.login(&creds).await {
+        if let Some(settings) = account.oauth2()
+            && e.is_auth()
+        {
+            crate::oauth2::forget_access_token(&account.name, settings, &creds.secret).await;
+        }
+        return Err(e.into());
+    }
     let (uidl, list) = session.listings_bounded(account.max_messages).await?;
     report.on_server = list.len() as u64;
 

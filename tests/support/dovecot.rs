@@ -46,6 +46,10 @@ pub struct DovecotOptions {
     /// 127.0.0.3 (Dovecot can only vary `ssl` per local IP, not per port):
     /// always connect to [`Dovecot::tls_host`].
     pub stls: bool,
+    /// Validate XOAUTH2 / OAUTHBEARER tokens with `passdb { driver = oauth2 }`
+    /// by POSTing them to this introspection URL (RFC 7662; credentials in
+    /// the URL). Password logins keep working through the passwd-file.
+    pub oauth2_introspection: Option<String>,
 }
 
 impl Default for DovecotOptions {
@@ -58,6 +62,7 @@ impl Default for DovecotOptions {
             disable_plaintext_auth: false,
             high_performance: false,
             stls: true,
+            oauth2_introspection: None,
         }
     }
 }
@@ -95,6 +100,11 @@ impl DovecotOptions {
 
     pub fn stls(mut self, yes: bool) -> Self {
         self.stls = yes;
+        self
+    }
+
+    pub fn oauth2_introspection(mut self, url: &str) -> Self {
+        self.oauth2_introspection = Some(url.to_string());
         self
     }
 }
@@ -159,6 +169,15 @@ impl Dovecot {
         let passwd_path = root.join("users");
         std::fs::write(&passwd_path, passwd).expect("write passwd-file");
         chmod(&passwd_path, 0o644);
+        if let Some(url) = &options.oauth2_introspection {
+            // The token's `sub` (oidc-provider: the login name) is the user.
+            let args = format!(
+                "introspection_mode = post\nintrospection_url = {url}\nusername_attribute = sub\nactive_attribute = active\nactive_value = true\n"
+            );
+            let path = root.join("oauth2.conf");
+            std::fs::write(&path, args).expect("write oauth2 passdb args");
+            chmod(&path, 0o644);
+        }
 
         let plain_host = if options.disable_plaintext_auth {
             LOOPBACK_2
@@ -274,6 +293,15 @@ impl Dovecot {
         } else {
             ("", "")
         };
+        let (mechanisms, oauth2_passdb) = match &self.options.oauth2_introspection {
+            Some(_) => (
+                "plain login apop cram-md5 xoauth2 oauthbearer",
+                format!(
+                    "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {root}/oauth2.conf\n}}\n"
+                ),
+            ),
+            None => ("plain login apop cram-md5", String::new()),
+        };
         let no_stls = if self.options.stls {
             String::new()
         } else {
@@ -291,7 +319,7 @@ impl Dovecot {
              ssl_cert = <{ssl_cert}\n\
              ssl_key = <{ssl_key}\n\
              disable_plaintext_auth = {disable_plaintext_auth}\n\
-             auth_mechanisms = plain login apop cram-md5\n\
+             auth_mechanisms = {mechanisms}\n\
              auth_failure_delay = 0\n\
              pop3_uidl_format = %08Xu%08Xv\n\
              mail_location = maildir:{mail}/%u\n\
@@ -301,6 +329,7 @@ impl Dovecot {
              first_valid_gid = 1\n\
              default_login_user = dovenull\n\
              default_internal_user = dovecot\n\
+             {oauth2_passdb}\
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {root}/users\n}}\n\
              userdb {{\n  driver = static\n  args = uid={MAIL_USER} gid={MAIL_USER} home={mail}/%u\n}}\n\
              service pop3-login {{\n\

@@ -42,6 +42,8 @@ pub fn write_file_0600(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) {
 }
 pub mod fault_case;
 pub mod fault_server;
+pub mod keyring;
+pub mod oidc;
 pub mod peers;
 pub mod popa3d;
 pub mod popsync;
