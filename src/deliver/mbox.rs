@@ -17,6 +17,8 @@ use super::{BatchMark, DeliverError, Location, MessageMeta, StoredMessage, Targe
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A dotlock older than this is stale (liblockfile uses the same value).
 const DOTLOCK_STALE: Duration = Duration::from_secs(5 * 60);
+/// A dotlock without a pid in it is stale after this long.
+const DOTLOCK_EMPTY_STALE: Duration = Duration::from_secs(60);
 /// We refresh our dotlock's mtime this often so others never think it stale.
 const DOTLOCK_TOUCH: Duration = Duration::from_secs(60);
 /// Header bytes buffered to find `Return-Path:` before the `From ` line.
@@ -184,55 +186,55 @@ impl Mbox {
 
     /// Creates the dotlock. `Ok(Some(why))` when someone else holds it.
     fn try_dotlock(&self) -> Result<Option<String>, DeliverError> {
-        let res = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&self.lock_path);
-        match res {
-            Ok(mut f) => {
-                // The pid lets a later run see that the holder is gone.
-                let _ = writeln!(f, "{}", std::process::id());
-                Ok(None)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                if let Some(why) = self.dotlock_stale() {
-                    // A small race remains against another program deciding
-                    // the same; the fcntl lock we hold excludes Debian ones.
-                    tracing::warn!(
-                        "{}: removing stale {} ({why})",
-                        self.target(),
-                        self.lock_path.display()
-                    );
-                    match fs::remove_file(&self.lock_path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            return Err(io_err(&self.target(), "remove", &self.lock_path, e));
-                        }
-                    }
-                    return self.try_dotlock_once();
-                }
-                Ok(Some(format!("{} exists", self.lock_path.display())))
-            }
-            Err(e) => Err(io_err(&self.target(), "create dotlock", &self.lock_path, e)),
+        if self.create_dotlock()? {
+            return Ok(None);
         }
+        if let Some(why) = self.dotlock_stale() {
+            // A small race remains against another program deciding
+            // the same; the fcntl lock we hold excludes Debian ones.
+            tracing::warn!(
+                "{}: removing stale {} ({why})",
+                self.target(),
+                self.lock_path.display()
+            );
+            match fs::remove_file(&self.lock_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io_err(&self.target(), "remove", &self.lock_path, e));
+                }
+            }
+            if self.create_dotlock()? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(format!("{} exists", self.lock_path.display())))
     }
 
-    fn try_dotlock_once(&self) -> Result<Option<String>, DeliverError> {
-        match OpenOptions::new()
+    /// Puts the dotlock in place with our pid already in it: the pid goes
+    /// into a private file first, which is then hard-linked to the lock name
+    /// (as liblockfile does). Creating the lock and then writing the pid
+    /// would leave an empty lock, one no later run can prove stale, whenever
+    /// popsync is killed between the two steps. `Ok(false)`: it exists.
+    fn create_dotlock(&self) -> Result<bool, DeliverError> {
+        let mut tmp = self.lock_path.clone().into_os_string();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let fail = |e| io_err(&self.target(), "create dotlock", &tmp, e);
+        let _ = fs::remove_file(&tmp); // our own pid's leftover, if any
+        let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .open(&self.lock_path)
-        {
-            Ok(mut f) => {
-                let _ = writeln!(f, "{}", std::process::id());
-                Ok(None)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Ok(Some(format!("{} exists", self.lock_path.display())))
-            }
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(fail)?;
+        let linked = writeln!(f, "{}", std::process::id())
+            .and_then(|()| fs::hard_link(&tmp, &self.lock_path));
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(io_err(&self.target(), "create dotlock", &self.lock_path, e)),
         }
     }
@@ -249,7 +251,16 @@ impl Mbox {
             return Some(format!("{age} s old"));
         }
         let content = fs::read(&self.lock_path).ok()?;
-        let pid: i32 = std::str::from_utf8(&content).ok()?.trim().parse().ok()?;
+        let Some(pid) = std::str::from_utf8(&content)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        else {
+            // Holders write their pid at once; an empty lock this old is
+            // what an older popsync killed between creating and writing
+            // it left behind.
+            return (age > DOTLOCK_EMPTY_STALE.as_secs() as i64)
+                .then(|| format!("{age} s old and names no process"));
+        };
         if let Some(pid) = rustix::process::Pid::from_raw(pid)
             && rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
         {
@@ -1269,6 +1280,49 @@ mod tests {
         assert!(!td.path().join("mbox.lock").exists());
         mb.begin_batch().unwrap();
         mb.abort_batch().unwrap();
+    }
+
+    #[test]
+    fn an_empty_dotlock_is_stale_after_a_minute_and_ours_always_names_us() {
+        let td = tempfile::tempdir().unwrap();
+        let path = td.path().join("mbox");
+        let lock = td.path().join("mbox.lock");
+        let mut b = open(&path);
+        // What a popsync killed between creating and writing its lock left.
+        fs::write(&lock, "").unwrap();
+        assert!(
+            matches!(b.begin_batch(), Err(DeliverError::Locked { .. })),
+            "a fresh empty lock may be someone's, just created"
+        );
+        let then = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 90;
+        let old = rustix::fs::Timespec {
+            tv_sec: then,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: old,
+            last_modification: old,
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, &lock, &times, rustix::fs::AtFlags::empty())
+            .unwrap();
+        b.begin_batch().unwrap();
+        // The lock in place names this process, and no helper file is left.
+        let text = fs::read_to_string(&lock).unwrap();
+        assert_eq!(text.trim(), std::process::id().to_string());
+        let names: Vec<_> = fs::read_dir(td.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.ends_with(".tmp")),
+            "left behind: {names:?}"
+        );
+        b.abort_batch().unwrap();
+        assert!(!lock.exists());
     }
 
     #[test]
