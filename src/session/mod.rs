@@ -125,9 +125,7 @@ impl Session {
         if !self.capabilities.stls() {
             return Err(SessionError::StlsNotOffered);
         }
-        self.conn.queue(&Command::Stls)?;
-        self.conn.flush().await?;
-        let reply = self.conn.read_status().await?;
+        let reply = self.exchange(&Command::Stls).await?;
         if reply.status != Status::Ok {
             return Err(SessionError::StlsRefused(reply));
         }
@@ -265,9 +263,9 @@ impl Session {
 
     /// Sends one command and waits for `+OK`.
     pub async fn command(&mut self, cmd: &Command<'_>) -> Result<StatusLine, SessionError> {
-        self.conn.queue(cmd)?;
-        self.conn.flush().await?;
-        self.expect_ok(cmd).await
+        let mut p = self.pipeline(1);
+        p.send(cmd)?;
+        Ok(p.expect_ok(cmd).await?.line)
     }
 
     pub async fn stat(&mut self) -> Result<Stat, SessionError> {
@@ -335,9 +333,7 @@ impl Session {
     /// marked with DELE (RFC 1939 §6). Returns QUIT's reply, which may be
     /// `-ERR` when deletions failed.
     pub async fn quit(mut self) -> Result<StatusLine, SessionError> {
-        self.conn.queue(&Command::Quit)?;
-        self.conn.flush().await?;
-        let line = self.conn.read_status().await;
+        let line = self.exchange(&Command::Quit).await;
         self.conn.shutdown().await;
         line
     }
