@@ -3,9 +3,10 @@
 //! the checked-in corpora through the same checks).
 
 use popsync::pop3::listing::parse_lines;
+use popsync::pop3::pipeline::{Reply, pair_replies};
 use popsync::pop3::{
-    Capabilities, ListEntry, MAX_STATUS_LINE, MultilineDecoder, Stat, StatusLine, Uid, UidlEntry,
-    find_status_line,
+    Capabilities, Command, Event, ListEntry, MAX_STATUS_LINE, MultilineDecoder, ReplyPairing, Stat,
+    StatusLine, Uid, UidlEntry, find_status_line,
 };
 
 /// No control characters may reach a log line or a notification.
@@ -112,4 +113,90 @@ pub fn listing(data: &[u8]) {
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = popsync::config::Config::parse(&text, std::path::Path::new("fuzz.toml"));
+}
+
+/// Feeds `wire` to a [`ReplyPairing`] as a socket would: `chunk` bytes
+/// more each time it asks for more.
+fn pair_chunked(commands: &[Command<'_>], wire: &[u8], chunk: usize) -> PairResult {
+    let mut pairing = ReplyPairing::new();
+    for cmd in commands {
+        pairing.expect(cmd);
+    }
+    let (mut pos, mut filled, mut used) = (0, 0, 0);
+    let (mut replies, mut current, mut body) = (Vec::new(), None, Vec::new());
+    while pairing.in_flight() > 0 {
+        let before = body.len();
+        let step = pairing.step(&wire[pos..filled], &mut body)?;
+        assert!(step.consumed <= filled - pos);
+        assert!(
+            body.len() - before <= step.consumed + 1,
+            "body output per step"
+        );
+        pos += step.consumed;
+        match step.event {
+            None if filled == wire.len() => break,
+            None => filled = wire.len().min(filled + chunk),
+            Some(Event::Status { line, body_follows }) => {
+                assert_printable(&line.describe());
+                let reply = Reply { line, body: None };
+                if body_follows {
+                    current = Some(reply);
+                } else {
+                    replies.push(reply);
+                    used = pos;
+                }
+            }
+            Some(Event::Body { done, .. }) => {
+                if done {
+                    let mut reply: Reply = current.take().expect("a body after a status");
+                    reply.body = Some(std::mem::take(&mut body));
+                    replies.push(reply);
+                    used = pos;
+                }
+            }
+        }
+    }
+    Ok((replies, used))
+}
+
+type PairResult = Result<(Vec<Reply>, usize), popsync::pop3::PairingError>;
+
+/// First byte: how many command bytes follow (each picks a command); then
+/// one chunk-size byte; the rest is what the server sent back. Fed whole or
+/// in chunks, the replies are the same, in order, one per command at most.
+pub fn reply_pairing(data: &[u8]) {
+    let n = usize::from(data.first().copied().unwrap_or(0) % 16);
+    let rest = data.get(1..).unwrap_or(&[]);
+    let (picks, rest) = rest.split_at(n.min(rest.len()));
+    let chunk = rest.first().map_or(1, |&b| usize::from(b).max(1));
+    let wire = rest.get(1..).unwrap_or(&[]);
+    let commands: Vec<Command> = picks
+        .iter()
+        .map(|&b| match b % 6 {
+            0 => Command::Stat,
+            1 => Command::Retr(1),
+            2 => Command::Dele(1),
+            3 => Command::Top(1, 0),
+            4 => Command::Uidl(None),
+            _ => Command::Auth {
+                mechanism: "XOAUTH2",
+                initial: None,
+            },
+        })
+        .collect();
+    let whole = pair_replies(&commands, wire);
+    let chunked = pair_chunked(&commands, wire, chunk);
+    match (&whole, &chunked) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a, b, "chunking changed the replies");
+            let (replies, used) = a;
+            assert!(*used <= wire.len() && replies.len() <= commands.len());
+            for (reply, cmd) in replies.iter().zip(&commands) {
+                assert!(reply.body.is_none() || cmd.has_multiline_reply());
+                assert!(reply.body.as_ref().is_none_or(|b| b.len() <= *used));
+            }
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "chunking changed the error"),
+        _ => panic!("whole {whole:?} but chunked {chunked:?}"),
+    }
 }

@@ -392,3 +392,38 @@ fn apop_with_a_malformed_timestamp_is_not_attempted() {
     assert_mentions(&run, &["APOP timestamp"]);
     assert!(!server.transcript().iter().any(|l| l.starts_with("APOP")));
 }
+
+/// purge sends its DELEs in a window where PIPELINING is offered: this
+/// server answers DELEs only 32 at a time, so a client that waited for
+/// each reply before the next DELE would time out. Without PIPELINING the
+/// DELEs go out one by one.
+#[test]
+fn purge_pipelines_its_deles_only_where_offered() {
+    for pipelining in [true, false] {
+        let faults = Faults {
+            no_pipelining: !pipelining,
+            dele_batch: pipelining.then_some(32),
+            ..Faults::default()
+        };
+        let server = FaultServer::start(mailbox(96), faults);
+        let p = Popsync::new("");
+        let maildir = p.path("Mail");
+        p.write_config(&server.account_toml("acct", &format!("maildir = {maildir:?}")));
+        p.run(&["sync"]).expect_code(0);
+        assert_eq!(count(&maildir), 96);
+        let run = p.run(&["purge", "acct"]);
+        run.expect_code(0);
+        assert!(
+            run.stdout()
+                .contains("acct: 96 deleted from the server, 0 stay"),
+            "pipelining {pipelining}: {}",
+            run.stdout()
+        );
+        assert!(server.mailbox().is_empty());
+        let t = server.transcript();
+        assert_eq!(t.iter().filter(|l| l.starts_with("DELE")).count(), 96);
+        if !pipelining {
+            assert_eq!(server.max_queued_deles(), 0, "DELEs sent ahead: {t:?}");
+        }
+    }
+}

@@ -41,3 +41,8 @@ fn listing_corpus() {
 fn config_corpus() {
     replay("config", checks::config);
 }
+
+#[test]
+fn reply_pairing_corpus() {
+    replay("reply_pairing", checks::reply_pairing);
+}

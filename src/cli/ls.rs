@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use mail_parser::MessageParser;
 
 use crate::config::{Account, Config};
-use crate::pop3::{Command, ListEntry, Status, UidlEntry};
+use crate::pop3::{Command, ListEntry, UidlEntry};
 use crate::session::{Session, TraceSink};
 use crate::store::{KnownMessage, MessageState, Store};
 use crate::sync::plan::{self, Plan, Policy};
@@ -227,25 +227,29 @@ async fn headers(
     session: &mut Session,
     msgs: &[u32],
 ) -> Result<HashMap<u32, Vec<u8>>, crate::session::SessionError> {
-    let window = if session.can_pipeline() { WINDOW } else { 1 };
+    let mut pipeline = session.pipeline_if_offered(WINDOW);
     let mut out = HashMap::with_capacity(msgs.len());
-    let mut in_flight = std::collections::VecDeque::with_capacity(window);
-    let mut next = 0;
+    let mut in_flight = std::collections::VecDeque::with_capacity(pipeline.window());
+    let mut next = msgs.iter();
     loop {
-        while in_flight.len() < window && next < msgs.len() {
-            session.queue(&Command::Top(msgs[next], 0))?;
-            in_flight.push_back(msgs[next]);
-            next += 1;
+        while pipeline.has_room() {
+            let Some(&msg) = next.next() else {
+                break;
+            };
+            pipeline.send(&Command::Top(msg, 0))?;
+            in_flight.push_back(msg);
         }
-        session.flush().await?;
         let Some(msg) = in_flight.pop_front() else {
             return Ok(out);
         };
-        let reply = session.read_status().await?;
-        if reply.status != Status::Ok {
+        let reply = pipeline.next_reply().await?;
+        if !reply.body_follows {
             continue; // no TOP, or the message is gone: no header fields
         }
-        out.insert(msg, session.read_body_prefix(TOP_LIMIT, HEADER_KEEP).await?);
+        out.insert(
+            msg,
+            pipeline.read_body_prefix(TOP_LIMIT, HEADER_KEEP).await?,
+        );
     }
 }
 

@@ -128,25 +128,33 @@ pub async fn run(
         }
         server::quit_quietly(session).await;
     } else {
-        let window = if session.can_pipeline() { WINDOW } else { 1 };
-        for chunk in go.chunks(window) {
-            for (msg, _) in chunk {
-                session.queue(&Command::Dele(*msg)).map_err(fail)?;
+        // A sliding window of DELEs: about one round trip for the lot.
+        let mut pipeline = session.pipeline_if_offered(WINDOW);
+        let mut in_flight = std::collections::VecDeque::with_capacity(pipeline.window());
+        let mut next = go.iter();
+        loop {
+            while pipeline.has_room() {
+                let Some(&(msg, uid)) = next.next() else {
+                    break;
+                };
+                pipeline.send(&Command::Dele(msg)).map_err(fail)?;
+                in_flight.push_back((msg, uid));
             }
-            session.flush().await.map_err(fail)?;
-            for (msg, uid) in chunk {
-                let reply = session.read_status().await.map_err(fail)?;
-                if reply.status == Status::Ok {
-                    deleted.push(uid);
-                } else {
-                    stay.push((
-                        Some(*msg),
-                        uid.to_string(),
-                        format!("DELE refused: {}", reply.describe()),
-                    ));
-                }
+            let Some((msg, uid)) = in_flight.pop_front() else {
+                break;
+            };
+            let reply = pipeline.next_reply().await.map_err(fail)?;
+            if reply.line.status == Status::Ok {
+                deleted.push(uid);
+            } else {
+                stay.push((
+                    Some(msg),
+                    uid.to_string(),
+                    format!("DELE refused: {}", reply.line.describe()),
+                ));
             }
         }
+        drop(pipeline);
         let quit = session.quit().await.map_err(fail)?;
         if !quit.is_ok() {
             return Err(Failure::new(

@@ -9,12 +9,14 @@ pub mod apop;
 pub mod command;
 pub mod listing;
 pub mod multiline;
+pub mod pipeline;
 pub mod response;
 pub mod sasl;
 
 pub use command::{Command, CommandError};
 pub use listing::{Capabilities, ListEntry, Stat, Uid, UidError, UidlEntry};
 pub use multiline::{Decoded, MultilineDecoder};
+pub use pipeline::{Event, PairingError, ReplyPairing, ReplyShape};
 pub use response::{
     MAX_STATUS_LINE, ResponseCode, Status, StatusLine, begins_with_status, find_status_line,
     looks_like_tls_record,

@@ -47,9 +47,7 @@ impl Session {
         if !self.capabilities().utf8() {
             return Ok(false);
         }
-        self.queue(&Command::Utf8)?;
-        self.flush().await?;
-        let line = self.read_status().await?;
+        let line = self.exchange(&Command::Utf8).await?;
         if line.status != Status::Ok {
             tracing::debug!("UTF8 refused: {}", line.describe());
         }
@@ -72,15 +70,11 @@ impl Session {
         };
         match mechanism {
             Mechanism::User => {
-                self.queue(&Command::User(user))?;
-                self.flush().await?;
-                let line = self.read_status().await?;
+                let line = self.exchange(&Command::User(user)).await?;
                 if line.status != Status::Ok {
                     return Err(failed(line));
                 }
-                self.queue(&Command::Pass(secret))?;
-                self.flush().await?;
-                let line = self.read_status().await?;
+                let line = self.exchange(&Command::Pass(secret)).await?;
                 if line.status != Status::Ok {
                     return Err(failed(line));
                 }
@@ -94,24 +88,24 @@ impl Session {
                     })?
                     .to_string();
                 let digest = apop::digest(&timestamp, secret);
-                self.queue(&Command::Apop {
-                    user,
-                    digest: &digest,
-                })?;
-                self.flush().await?;
-                let line = self.read_status().await?;
+                let line = self
+                    .exchange(&Command::Apop {
+                        user,
+                        digest: &digest,
+                    })
+                    .await?;
                 if line.status != Status::Ok {
                     return Err(failed(line));
                 }
             }
             Mechanism::Plain => {
                 let ir = sasl::plain(user, secret);
-                self.queue(&Command::Auth {
-                    mechanism: "PLAIN",
-                    initial: Some(&ir),
-                })?;
-                self.flush().await?;
-                let line = self.read_status().await?;
+                let line = self
+                    .exchange(&Command::Auth {
+                        mechanism: "PLAIN",
+                        initial: Some(&ir),
+                    })
+                    .await?;
                 if line.status != Status::Ok {
                     return Err(self.finish_failed_sasl(line, mechanism).await);
                 }
@@ -123,18 +117,16 @@ impl Session {
                     Mechanism::Xoauth2 => ("XOAUTH2", sasl::xoauth2(user, secret)),
                     _ => ("OAUTHBEARER", sasl::oauthbearer(user, secret)),
                 };
-                self.queue(&Command::Auth {
-                    mechanism: name,
-                    initial: None,
-                })?;
-                self.flush().await?;
-                let line = self.read_status().await?;
+                let line = self
+                    .exchange(&Command::Auth {
+                        mechanism: name,
+                        initial: None,
+                    })
+                    .await?;
                 if line.status != Status::Continue {
                     return Err(failed(line));
                 }
-                self.queue(&Command::AuthResponse(&response))?;
-                self.flush().await?;
-                let line = self.read_status().await?;
+                let line = self.exchange(&Command::AuthResponse(&response)).await?;
                 if line.status != Status::Ok {
                     return Err(self.finish_failed_sasl(line, mechanism).await);
                 }
@@ -163,9 +155,7 @@ impl Session {
                     Mechanism::Oauthbearer => sasl::OAUTHBEARER_ABORT,
                     _ => "",
                 };
-                self.queue(&Command::AuthResponse(abort))?;
-                self.flush().await?;
-                self.read_status().await
+                self.exchange(&Command::AuthResponse(abort)).await
             };
             match next.await {
                 Ok(final_line) => line = final_line,

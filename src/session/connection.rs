@@ -14,14 +14,15 @@ use tokio_rustls::client::TlsStream;
 use super::SessionError;
 use super::trace::Trace;
 use crate::pop3::{
-    Command, MAX_STATUS_LINE, MultilineDecoder, StatusLine, begins_with_status, find_status_line,
+    Command, Event, MAX_STATUS_LINE, MultilineDecoder, PairingError, ReplyPairing, StatusLine,
+    begins_with_status, find_status_line,
 };
 
 const READ_CHUNK: usize = 64 * 1024;
 
 /// A body (message or listing) must bring at least this much per `timeout`:
 /// a server dribbling a byte now and then cannot hold the session forever.
-const MIN_PROGRESS: usize = 1024;
+pub(crate) const MIN_PROGRESS: usize = 1024;
 
 pub(crate) enum Stream {
     Plain(TcpStream),
@@ -124,7 +125,7 @@ pub(crate) struct Connection {
     rbuf: Vec<u8>,
     rpos: usize,
     wbuf: Vec<u8>,
-    io_timeout: Duration,
+    pub(crate) io_timeout: Duration,
     pub(crate) trace: Trace,
     scratch: Vec<u8>,
 }
@@ -190,7 +191,11 @@ impl Connection {
     /// Reads more bytes into the buffer, giving up at `deadline` (a total
     /// limit, not an idle one); an orderly close is an error here because
     /// every caller is waiting for a response. Returns the bytes read.
-    async fn fill(&mut self, deadline: Instant, what: &'static str) -> Result<usize, SessionError> {
+    pub(crate) async fn fill(
+        &mut self,
+        deadline: Instant,
+        what: &'static str,
+    ) -> Result<usize, SessionError> {
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
             self.rbuf.clear();
             self.rpos = 0;
@@ -223,6 +228,18 @@ impl Connection {
         }
         quickack(self.stream.tcp());
         Ok(n)
+    }
+
+    /// One step of `pairing` over the bytes already received (body bytes
+    /// into `out`); `None`: [`Connection::fill`] first.
+    pub(crate) fn pair_step(
+        &mut self,
+        pairing: &mut ReplyPairing,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Event>, PairingError> {
+        let step = pairing.step(&self.rbuf[self.rpos..], out)?;
+        self.rpos += step.consumed;
+        Ok(step.event)
     }
 
     /// Waits at most `within` for the server's first bytes. `false`: it
@@ -320,22 +337,6 @@ impl Connection {
                 window_bytes = 0;
             }
         }
-    }
-
-    /// Reads a whole multi-line body into memory, for listings (UIDL, LIST,
-    /// CAPA) whose size we bound.
-    pub(crate) async fn read_body_to_vec(&mut self, limit: u64) -> Result<Vec<u8>, SessionError> {
-        let mut body = Vec::new();
-        self.read_body(limit, |chunk| {
-            body.extend_from_slice(chunk);
-            Ok::<(), std::convert::Infallible>(())
-        })
-        .await
-        .map_err(|e| match e {
-            BodyError::Session(e) => e,
-            BodyError::Sink(never) => match never {},
-        })?;
-        Ok(body)
     }
 
     pub(crate) async fn shutdown(&mut self) {

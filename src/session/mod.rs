@@ -4,6 +4,7 @@
 mod auth;
 mod connection;
 mod error;
+mod pipeline;
 pub mod tls;
 pub mod trace;
 
@@ -17,6 +18,7 @@ use tokio_rustls::TlsConnector;
 pub use auth::Credentials;
 pub use connection::{BodyError, BodyStats};
 pub use error::SessionError;
+pub use pipeline::{Pipeline, Reply};
 pub use tls::TlsInfo;
 pub use trace::{Trace, TraceSink};
 
@@ -123,9 +125,7 @@ impl Session {
         if !self.capabilities.stls() {
             return Err(SessionError::StlsNotOffered);
         }
-        self.conn.queue(&Command::Stls)?;
-        self.conn.flush().await?;
-        let reply = self.conn.read_status().await?;
+        let reply = self.exchange(&Command::Stls).await?;
         if reply.status != Status::Ok {
             return Err(SessionError::StlsRefused(reply));
         }
@@ -149,13 +149,12 @@ impl Session {
 
     /// CAPA; a server without it (RFC 1939 only) has no capabilities.
     async fn capa(&mut self) -> Result<Capabilities, SessionError> {
-        self.conn.queue(&Command::Capa)?;
-        self.conn.flush().await?;
-        let reply = self.conn.read_status().await?;
-        if reply.status != Status::Ok {
+        let mut p = self.pipeline(1);
+        p.send(&Command::Capa)?;
+        if !p.next_reply().await?.body_follows {
             return Ok(Capabilities::default());
         }
-        let body = self.conn.read_body_to_vec(MAX_CAPA_BYTES).await?;
+        let body = p.read_body_to_vec(MAX_CAPA_BYTES).await?;
         let lines = body.iter().filter(|&&b| b == b'\n').count();
         if lines > MAX_CAPA_LINES {
             return Err(SessionError::TooLong {
@@ -264,9 +263,9 @@ impl Session {
 
     /// Sends one command and waits for `+OK`.
     pub async fn command(&mut self, cmd: &Command<'_>) -> Result<StatusLine, SessionError> {
-        self.conn.queue(cmd)?;
-        self.conn.flush().await?;
-        self.expect_ok(cmd).await
+        let mut p = self.pipeline(1);
+        p.send(cmd)?;
+        Ok(p.expect_ok(cmd).await?.line)
     }
 
     pub async fn stat(&mut self) -> Result<Stat, SessionError> {
@@ -302,117 +301,111 @@ impl Session {
         max_messages: u32,
     ) -> Result<(Option<Stat>, Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
         let pipelined = self.can_pipeline();
-        self.conn.queue(&Command::Stat)?;
-        self.conn.queue(&Command::Uidl(None))?;
+        // STAT and UIDL have gone out together since STAT was added, with
+        // or without PIPELINING; LIST joins them only when it is offered.
+        let mut p = self.pipeline(if pipelined { 3 } else { 2 });
+        p.send(&Command::Stat)?;
+        p.send(&Command::Uidl(None))?;
         if pipelined {
-            self.conn.queue(&Command::List(None))?;
+            p.send(&Command::List(None))?;
         }
-        self.conn.flush().await?;
-        let stat_line = self.expect_ok(&Command::Stat).await?;
+        let stat_line = p.expect_ok(&Command::Stat).await?.line;
         // STAT's count only narrows the bound: a claim of 10^9, or a reply
         // that is not "+OK count size", changes nothing.
         let stat = Stat::parse(&stat_line.text).ok();
         let bound = stat.as_ref().map_or(u64::from(max_messages), |st| {
             st.count.min(u64::from(max_messages))
         });
-        let uidl_reply = self.conn.read_status().await?;
-        let uidl = if uidl_reply.status == Status::Ok {
-            Some(
-                self.read_listing("UIDL", bound, max_messages, UidlEntry::parse)
-                    .await?,
-            )
+        let uidl = if p.next_reply().await?.body_follows {
+            Some(read_listing(&mut p, "UIDL", bound, max_messages, UidlEntry::parse).await?)
         } else {
             None
         };
         if !pipelined {
-            self.conn.queue(&Command::List(None))?;
-            self.conn.flush().await?;
+            p.send(&Command::List(None))?;
         }
-        self.expect_ok(&Command::List(None)).await?;
-        let list = self
-            .read_listing("LIST", bound, max_messages, ListEntry::parse)
-            .await?;
+        p.expect_ok(&Command::List(None)).await?;
+        let list = read_listing(&mut p, "LIST", bound, max_messages, ListEntry::parse).await?;
         Ok((stat, uidl, list))
-    }
-
-    async fn read_listing<T>(
-        &mut self,
-        what: &'static str,
-        bound: u64,
-        max_messages: u32,
-        parse: impl Fn(&[u8]) -> Result<T, crate::pop3::ProtocolError>,
-    ) -> Result<Vec<T>, SessionError> {
-        let byte_limit = MAX_LISTING.min((bound + 1) * MAX_LISTING_LINE);
-        let mut out = Vec::new();
-        let mut partial: Vec<u8> = Vec::new();
-        let mut failure: Option<SessionError> = None;
-        let take = |line: &[u8], out: &mut Vec<T>| -> Result<(), SessionError> {
-            if line.is_empty() {
-                return Ok(());
-            }
-            if out.len() as u64 >= bound {
-                return Err(SessionError::TooLong {
-                    what,
-                    detail: if bound == u64::from(max_messages) {
-                        format!(
-                            "more than max_messages = {max_messages} entries; raise max_messages for this account if the mailbox really is that large"
-                        )
-                    } else {
-                        format!("more entries than the {bound} messages STAT counted")
-                    },
-                });
-            }
-            out.push(parse(line)?);
-            Ok(())
-        };
-        let res = self
-            .conn
-            .read_body(byte_limit, |chunk| {
-                if failure.is_some() {
-                    return Ok(());
-                }
-                let mut rest = chunk;
-                while let Some(i) = memchr::memchr(b'\n', rest) {
-                    let r = if partial.is_empty() {
-                        take(&rest[..i], &mut out)
-                    } else {
-                        partial.extend_from_slice(&rest[..i]);
-                        let line = std::mem::take(&mut partial);
-                        take(&line, &mut out)
-                    };
-                    if let Err(e) = r {
-                        failure = Some(e);
-                        return Ok(());
-                    }
-                    rest = &rest[i + 1..];
-                }
-                partial.extend_from_slice(rest);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .await;
-        match res {
-            Ok(_) => {}
-            Err(BodyError::Session(e)) => return Err(e),
-            Err(BodyError::Sink(never)) => match never {},
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        take(&partial, &mut out)?;
-        out.shrink_to_fit();
-        Ok(out)
     }
 
     /// Ends the session with QUIT: only now does the server remove messages
     /// marked with DELE (RFC 1939 §6). Returns QUIT's reply, which may be
     /// `-ERR` when deletions failed.
     pub async fn quit(mut self) -> Result<StatusLine, SessionError> {
-        self.conn.queue(&Command::Quit)?;
-        self.conn.flush().await?;
-        let line = self.conn.read_status().await;
+        let line = self.exchange(&Command::Quit).await;
         self.conn.shutdown().await;
         line
     }
+}
+
+/// Reads a UIDL or LIST body line by line as it arrives, at most `bound`
+/// entries.
+async fn read_listing<T>(
+    p: &mut Pipeline<'_>,
+    what: &'static str,
+    bound: u64,
+    max_messages: u32,
+    parse: impl Fn(&[u8]) -> Result<T, crate::pop3::ProtocolError>,
+) -> Result<Vec<T>, SessionError> {
+    let byte_limit = MAX_LISTING.min((bound + 1) * MAX_LISTING_LINE);
+    let mut out = Vec::new();
+    let mut partial: Vec<u8> = Vec::new();
+    let mut failure: Option<SessionError> = None;
+    let take = |line: &[u8], out: &mut Vec<T>| -> Result<(), SessionError> {
+        if line.is_empty() {
+            return Ok(());
+        }
+        if out.len() as u64 >= bound {
+            return Err(SessionError::TooLong {
+                what,
+                detail: if bound == u64::from(max_messages) {
+                    format!(
+                        "more than max_messages = {max_messages} entries; raise max_messages for this account if the mailbox really is that large"
+                    )
+                } else {
+                    format!("more entries than the {bound} messages STAT counted")
+                },
+            });
+        }
+        out.push(parse(line)?);
+        Ok(())
+    };
+    let res = p
+        .read_body(byte_limit, |chunk| {
+            if failure.is_some() {
+                return Ok(());
+            }
+            let mut rest = chunk;
+            while let Some(i) = memchr::memchr(b'\n', rest) {
+                let r = if partial.is_empty() {
+                    take(&rest[..i], &mut out)
+                } else {
+                    partial.extend_from_slice(&rest[..i]);
+                    let line = std::mem::take(&mut partial);
+                    take(&line, &mut out)
+                };
+                if let Err(e) = r {
+                    failure = Some(e);
+                    return Ok(());
+                }
+                rest = &rest[i + 1..];
+            }
+            partial.extend_from_slice(rest);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await;
+    match res {
+        Ok(_) => {}
+        Err(BodyError::Session(e)) => return Err(e),
+        Err(BodyError::Sink(never)) => match never {},
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    take(&partial, &mut out)?;
+    out.shrink_to_fit();
+    Ok(out)
 }
 
 /// How long a server on port 995 may stay silent before we call it an

@@ -73,6 +73,10 @@ pub struct Faults {
     /// before logging in, serve a message whose header holds 8-bit bytes
     /// as a generated "Cannot display Unicode content" wrapper.
     pub utf8_wrapper: bool,
+    /// Holds DELE replies until this many are held (or another command
+    /// comes), like a server answering a pipelined batch at once: a
+    /// lock-step client then waits for its first reply until it times out.
+    pub dele_batch: Option<usize>,
 }
 
 /// How the server computes the sizes LIST (and STAT) announce.
@@ -95,6 +99,9 @@ struct Shared {
     /// Every command line received, all connections (CRLF stripped).
     transcript: Vec<String>,
     connections: usize,
+    /// The most DELE lines ever waiting unread behind the command being
+    /// handled: 0 for a client that deletes in lock-step.
+    max_queued_deles: usize,
 }
 
 pub struct FaultServer {
@@ -113,6 +120,7 @@ impl FaultServer {
             faults,
             transcript: Vec::new(),
             connections: 0,
+            max_queued_deles: 0,
         }));
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         let state = shared.clone();
@@ -168,6 +176,11 @@ impl FaultServer {
 
     pub fn transcript(&self) -> Vec<String> {
         self.shared.lock().unwrap().transcript.clone()
+    }
+
+    /// See `Shared::max_queued_deles`.
+    pub fn max_queued_deles(&self) -> usize {
+        self.shared.lock().unwrap().max_queued_deles
     }
 
     pub fn connections(&self) -> usize {
@@ -267,14 +280,26 @@ async fn session(mut tcp: TcpStream, shared: &Arc<Mutex<Shared>>) -> std::io::Re
     let mut buf = Vec::new();
     let mut authed = false;
     let mut utf8_mode = false;
+    let mut held: Vec<u8> = Vec::new();
     loop {
         let Some(line) = read_line(&mut tcp, &mut buf).await? else {
             return Ok(());
         };
-        shared.lock().unwrap().transcript.push(line.clone());
+        {
+            let mut sh = shared.lock().unwrap();
+            sh.transcript.push(line.clone());
+            let queued = buf
+                .split(|&b| b == b'\n')
+                .filter(|l| l.starts_with(b"DELE"))
+                .count();
+            sh.max_queued_deles = sh.max_queued_deles.max(queued);
+        }
         let mut words = line.splitn(2, ' ');
         let cmd = words.next().unwrap_or("").to_ascii_uppercase();
         let arg = words.next().unwrap_or("");
+        if cmd != "DELE" && !held.is_empty() {
+            tcp.write_all(&std::mem::take(&mut held)).await?;
+        }
         let msg = |arg: &str| -> Option<usize> {
             let n: usize = arg.trim().parse().ok()?;
             (n >= 1 && n <= snapshot.len() && !deleted[n - 1]).then(|| n - 1)
@@ -432,6 +457,15 @@ async fn session(mut tcp: TcpStream, shared: &Arc<Mutex<Shared>>) -> std::io::Re
                 return Ok(());
             }
             _ => out.extend_from_slice(b"-ERR unknown command\r\n"),
+        }
+        if let Some(batch) = faults.dele_batch
+            && cmd == "DELE"
+        {
+            held.append(&mut out);
+            if held.iter().filter(|&&b| b == b'\n').count() < batch {
+                continue;
+            }
+            out = std::mem::take(&mut held);
         }
         tcp.write_all(&out).await?;
     }
