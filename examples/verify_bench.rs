@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use popsync::deliver::{MessageMeta, Target, maildir::Maildir};
-use popsync::store::Store;
+use popsync::store::{Store, TargetId};
 use popsync::verify::verify;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         md.sync_batch()?;
         md.publish_batch()?;
         let items: Vec<(&str, &_)> = stored.iter().map(|(u, s)| (u.as_str(), s)).collect();
-        store.commit_delivered(acct, &md.describe(), &items, 2, false)?;
+        store.commit_delivered(acct, &TargetId::Maildir(root.clone()), &items, 2, false)?;
     }
     for (i, e) in std::fs::read_dir(root.join("new"))?.enumerate() {
         let e = e?;

@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::deliver::Location;
 use crate::deliver::maildir::locate;
-use crate::store::DeliveryRecord;
-use crate::verify::{TargetPath, target_path};
+use crate::store::{DeliveryRecord, TargetId};
 
 /// Directory inside a maildir that receives damaged copies.
 pub const DAMAGED_DIR: &str = "popsync-damaged";
@@ -51,14 +50,14 @@ impl std::fmt::Display for Aside {
 
 /// Moves the record's stored copy aside (see the module comment).
 pub fn move_aside(record: &DeliveryRecord) -> io::Result<Aside> {
-    match (&record.stored.location, target_path(&record.target)) {
-        (Location::Maildir { name }, TargetPath::Maildir(root)) => move_maildir_file(&root, name),
-        (Location::Mbox { .. }, TargetPath::Mbox(path)) => Ok(Aside::LeftInMbox(path)),
-        (Location::Mda, _) | (_, TargetPath::Mda) => Ok(Aside::Mda),
+    match (&record.stored.location, &record.target) {
+        (Location::Maildir { name }, TargetId::Maildir(root)) => move_maildir_file(root, name),
+        (Location::Mbox { .. }, TargetId::Mbox(path)) => Ok(Aside::LeftInMbox(path.clone())),
+        (Location::Mda, _) | (_, TargetId::Mda(_)) => Ok(Aside::Mda),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "the state's target {:?} does not fit location {:?}",
+                "the state's target {} does not fit location {:?}",
                 record.target, record.stored.location
             ),
         )),
@@ -106,7 +105,7 @@ mod tests {
     use super::*;
     use crate::deliver::StoredMessage;
 
-    fn record(target: String, location: Location) -> DeliveryRecord {
+    fn record(target: TargetId, location: Location) -> DeliveryRecord {
         DeliveryRecord {
             uid: "u1".into(),
             target,
@@ -129,7 +128,7 @@ mod tests {
         }
         fs::write(dir.path().join("cur/123.M1P1Q1.host:2,S"), b"edited").unwrap();
         let rec = record(
-            format!("maildir {}", dir.path().display()),
+            TargetId::Maildir(dir.path().into()),
             Location::Maildir {
                 name: "123.M1P1Q1.host".into(),
             },
@@ -154,7 +153,7 @@ mod tests {
     #[test]
     fn an_mbox_is_left_alone() {
         let rec = record(
-            "mbox /x/y.mbox".into(),
+            TargetId::Mbox("/x/y.mbox".into()),
             Location::Mbox {
                 offset: 0,
                 length: 5,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::deliver::maildir::{locate, sha256_stream};
 use crate::deliver::{Location, StoredMessage};
-use crate::store::DeliveryRecord;
+use crate::store::{DeliveryRecord, TargetId};
 
 /// What verification found for one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,19 +82,19 @@ pub fn verify(records: &[DeliveryRecord]) -> Vec<Finding> {
     // Maildirs: one directory listing per maildir, whatever the count.
     let mut by_maildir: HashMap<PathBuf, Vec<usize>> = HashMap::new();
     for (i, rec) in records.iter().enumerate() {
-        match (&rec.stored.location, target_path(&rec.target)) {
-            (Location::Mda, _) | (_, TargetPath::Mda) => {
+        match (&rec.stored.location, &rec.target) {
+            (Location::Mda, _) | (_, TargetId::Mda(_)) => {
                 findings[i] = Some(Finding::NotCheckable(format!(
                     "handed to {}; nothing local to check",
                     rec.target
                 )));
             }
-            (Location::Maildir { .. }, TargetPath::Maildir(root)) => {
-                by_maildir.entry(root).or_default().push(i);
+            (Location::Maildir { .. }, TargetId::Maildir(root)) => {
+                by_maildir.entry(root.clone()).or_default().push(i);
             }
-            (Location::Mbox { offset, length }, TargetPath::Mbox(path)) => {
+            (Location::Mbox { offset, length }, TargetId::Mbox(path)) => {
                 let opened = mbox_index.entry(path.clone()).or_insert_with(|| {
-                    open_mbox(&path).map(|(f, len)| {
+                    open_mbox(path).map(|(f, len)| {
                         mboxes.push(f);
                         (mboxes.len() - 1, len)
                     })
@@ -119,7 +119,7 @@ pub fn verify(records: &[DeliveryRecord]) -> Vec<Finding> {
             }
             _ => {
                 findings[i] = Some(Finding::Unreadable(format!(
-                    "the state's target {:?} does not fit location {:?}",
+                    "the state's target {} does not fit location {:?}",
                     rec.target, rec.stored.location
                 )));
             }
@@ -175,7 +175,7 @@ pub fn deletable<'a>(
     records: &[DeliveryRecord],
     uids: impl IntoIterator<Item = &'a str>,
 ) -> HashMap<String, Result<(), String>> {
-    let mut claims: HashMap<(&str, &Location), usize> = HashMap::new();
+    let mut claims: HashMap<(&TargetId, &Location), usize> = HashMap::new();
     let mut by_uid: HashMap<&str, usize> = HashMap::new();
     for (i, r) in records.iter().enumerate() {
         if r.stored.location != Location::Mda {
@@ -192,7 +192,7 @@ pub fn deletable<'a>(
                 "handed to {}; no local copy proves it was kept",
                 r.target
             )),
-            Some(r) => match claims[&(r.target.as_str(), &r.stored.location)] {
+            Some(r) => match claims[&(&r.target, &r.stored.location)] {
                 1 => {
                     to_check.push(r.clone());
                     continue;
@@ -220,29 +220,29 @@ pub fn stored_headers(records: &[&DeliveryRecord]) -> Vec<Option<Vec<u8>>> {
     const LIMIT: usize = 16 * 1024;
     let mut found: HashMap<PathBuf, HashMap<String, PathBuf>> = HashMap::new();
     for rec in records {
-        if let (Location::Maildir { .. }, TargetPath::Maildir(root)) =
-            (&rec.stored.location, target_path(&rec.target))
-            && !found.contains_key(&root)
+        if let (Location::Maildir { .. }, TargetId::Maildir(root)) =
+            (&rec.stored.location, &rec.target)
+            && !found.contains_key(root)
         {
             let names: HashSet<&str> = records
                 .iter()
                 .filter(|r| r.target == rec.target)
                 .filter_map(|r| maildir_name(r))
                 .collect();
-            found.insert(root.clone(), locate(&root, &names).unwrap_or_default());
+            found.insert(root.clone(), locate(root, &names).unwrap_or_default());
         }
     }
     records
         .iter()
         .map(|rec| {
             let mut buf = vec![0u8; LIMIT];
-            let n = match (&rec.stored.location, target_path(&rec.target)) {
-                (Location::Maildir { name }, TargetPath::Maildir(root)) => {
-                    let path = found.get(&root)?.get(name.as_str())?;
+            let n = match (&rec.stored.location, &rec.target) {
+                (Location::Maildir { name }, TargetId::Maildir(root)) => {
+                    let path = found.get(root)?.get(name.as_str())?;
                     let mut f = File::open(path).ok()?;
                     f.read(&mut buf).ok()?
                 }
-                (Location::Mbox { offset, length }, TargetPath::Mbox(path)) => {
+                (Location::Mbox { offset, length }, TargetId::Mbox(path)) => {
                     let want = (*length).min(LIMIT as u64) as usize;
                     File::open(path)
                         .ok()?
@@ -398,32 +398,12 @@ fn maildir_name(rec: &DeliveryRecord) -> Option<&str> {
     }
 }
 
-pub(crate) enum TargetPath {
-    Maildir(PathBuf),
-    Mbox(PathBuf),
-    Mda,
-    Unknown,
-}
-
-/// The target's description as the state recorded it (`Target::describe`).
-pub(crate) fn target_path(target: &str) -> TargetPath {
-    if let Some(p) = target.strip_prefix("maildir ") {
-        TargetPath::Maildir(PathBuf::from(p))
-    } else if let Some(p) = target.strip_prefix("mbox ") {
-        TargetPath::Mbox(PathBuf::from(p))
-    } else if target.starts_with("mda ") {
-        TargetPath::Mda
-    } else {
-        TargetPath::Unknown
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::deliver::{MessageMeta, Target, maildir::Maildir, mbox::Mbox};
 
-    fn deliver(target: &mut dyn Target, msgs: &[&[u8]]) -> Vec<DeliveryRecord> {
+    fn deliver(target: &mut dyn Target, id: TargetId, msgs: &[&[u8]]) -> Vec<DeliveryRecord> {
         target.begin_batch().unwrap();
         let mut out = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
@@ -431,7 +411,7 @@ mod tests {
             target.write(m).unwrap();
             out.push(DeliveryRecord {
                 uid: format!("u{i}"),
-                target: target.describe(),
+                target: id.clone(),
                 stored: target.end_message().unwrap(),
                 delivered_at: 1,
                 deleted_at: None,
@@ -454,7 +434,11 @@ mod tests {
     fn maildir_follows_moves_and_reports_missing_and_altered() {
         let td = tempfile::tempdir().unwrap();
         let mut md = Maildir::open(td.path()).unwrap();
-        let recs = deliver(&mut md, &[b"one\n", b"two\n", b"three\n", b"four\n"]);
+        let recs = deliver(
+            &mut md,
+            TargetId::Maildir(td.path().into()),
+            &[b"one\n", b"two\n", b"three\n", b"four\n"],
+        );
         // A mail reader moved 0 to cur/ with flags; 1 is deleted; 2 edited
         // (same size); 3 untouched.
         let p0 = path_of(td.path(), &recs[0]);
@@ -482,7 +466,11 @@ mod tests {
         let td = tempfile::tempdir().unwrap();
         let path = td.path().join("mbox");
         let mut mb = Mbox::open(&path).unwrap();
-        let mut recs = deliver(&mut mb, &[b"From: a\n\none\n", b"From: b\n\ntwo\n"]);
+        let mut recs = deliver(
+            &mut mb,
+            TargetId::Mbox(path.clone()),
+            &[b"From: a\n\none\n", b"From: b\n\ntwo\n"],
+        );
         drop(mb);
         assert!(verify(&recs).iter().all(Finding::is_intact));
         // Flip one byte of the first message; cut into the second.
@@ -499,7 +487,7 @@ mod tests {
             matches!(&f[1], Finding::Missing(d) if d.contains("ends at byte")),
             "{f:?}"
         );
-        recs[1].target = "mda `procmail`".into();
+        recs[1].target = TargetId::Mda("procmail".into());
         recs[1].stored.location = Location::Mda;
         assert!(matches!(&verify(&recs)[1], Finding::NotCheckable(_)));
         std::fs::remove_file(&path).unwrap();
@@ -514,7 +502,7 @@ mod tests {
             .map(|i| format!("m {i}\n").repeat(i + 1).into_bytes())
             .collect();
         let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
-        let recs = deliver(&mut md, &refs);
+        let recs = deliver(&mut md, TargetId::Maildir(td.path().into()), &refs);
         std::fs::remove_file(path_of(td.path(), &recs[123])).unwrap();
         let f = verify(&recs);
         let bad: Vec<usize> = (0..f.len()).filter(|&i| !f[i].is_intact()).collect();

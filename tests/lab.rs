@@ -458,3 +458,51 @@ fn an_altered_mbox_copy_stays_in_place_and_the_fresh_copy_is_appended() {
     assert_eq!(String::from_utf8_lossy(&after).matches("body 1").count(), 1);
     assert_eq!(String::from_utf8_lossy(&after).matches("Body 1").count(), 1);
 }
+
+/// A maildir whose path is not UTF-8 (here: $HOME named in Latin-1, the
+/// config says `~/Mail`): the state keeps the path's bytes, so verify finds
+/// the copies and `verify --repair` moves the damaged one aside in that
+/// same maildir. Before typed target ids the state held `Path::display`
+/// text, U+FFFD for the bad byte, and verify looked in a directory that
+/// does not exist.
+#[test]
+fn a_maildir_path_that_is_not_utf8_verifies_and_repairs() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = Dovecot::start();
+    d.add_messages("alice", &(1..=3).map(message).collect::<Vec<_>>());
+    let top = tempfile::tempdir().unwrap();
+    let home = top
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9-home"));
+    std::fs::create_dir(&home).unwrap();
+    let maildir = home.join("Mail");
+    let mut a = AccountToml::tls("alice", &d, "alice");
+    a.set("maildir", "\"~/Mail\"");
+    let p = Popsync::new(&a.render());
+    let run = |args: &[&str]| {
+        let mut cmd = p.command(args);
+        cmd.env("HOME", &home);
+        support::popsync::Run(cmd.output().unwrap())
+    };
+    run(&["sync"]).expect_code(0);
+    assert_eq!(maildir_messages(&maildir).len(), 3);
+    let out = run(&["verify"]).expect_code(0).stdout();
+    assert!(out.contains("3 intact"), "{out}");
+
+    let names = stored_names(&p);
+    let uid = names.keys().next().unwrap();
+    std::fs::write(maildir.join("new").join(&names[uid]), b"edited\n").unwrap();
+    run(&["verify"]).expect_code(10);
+    let out = run(&["verify", "--repair"]).expect_code(0).stdout();
+    assert!(out.contains("1 to be fetched again"), "{out}");
+    let aside = maildir.join("popsync-damaged").join(&names[uid]);
+    assert_eq!(std::fs::read(&aside).unwrap(), b"edited\n");
+    let out = run(&["sync"]).stdout();
+    assert!(out.contains("alice: 1 new"), "{out}");
+    run(&["verify"]).expect_code(0);
+    let served = served_messages(&d, "alice", "secret1");
+    assert_eq!(
+        sorted(maildir_messages(&maildir)),
+        sorted(served.values().cloned().collect())
+    );
+}

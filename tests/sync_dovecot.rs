@@ -6,8 +6,8 @@ mod support;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 
-use popsync::deliver::{MessageMeta, Target, maildir::Maildir, mbox::Mbox, mbox::parse_mboxrd};
-use popsync::store::Store;
+use popsync::deliver::{MessageMeta, Target, maildir::Maildir, mbox::parse_mboxrd};
+use popsync::store::{Store, TargetId};
 use support::dovecot::Dovecot;
 use support::popsync::{AccountToml, Popsync, maildir_messages, served_messages, sorted};
 
@@ -275,7 +275,9 @@ fn journaled_but_uncommitted_maildir_batch_is_not_delivered_twice() {
     target.sync_batch().unwrap();
     let refs: Vec<(&str, &popsync::deliver::StoredMessage)> =
         items.iter().map(|(u, s)| (u.as_str(), s)).collect();
-    store.journal(acct, &target.describe(), &refs, 1).unwrap();
+    store
+        .journal(acct, &TargetId::Maildir(maildir.path().into()), &refs, 1)
+        .unwrap();
     target.publish_batch().unwrap();
     drop(store);
 
@@ -299,7 +301,7 @@ fn torn_mbox_append_is_repaired() {
     let len = std::fs::metadata(&mbox).unwrap().len();
     let mut store = Store::open_in(&p.state_dir).unwrap();
     let acct = store.account("alice", 1).unwrap();
-    let desc = Mbox::open(&mbox).unwrap().describe();
+    let desc = TargetId::Mbox(mbox.clone());
     store
         .set_batch_mark(
             acct,

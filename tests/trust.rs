@@ -128,7 +128,7 @@ fn forged_delivered_rows_do_not_justify_a_dele() {
     use popsync::store::Store;
     let c = Case::new(mailbox(3), Faults::default(), keep_false());
     // What the attacker wrote (here through the real store API).
-    let desc = format!("maildir {}", c.maildir.display());
+    let desc = popsync::store::TargetId::Maildir(c.maildir.clone());
     {
         let mut store = Store::open_in(&c.popsync.state_dir).unwrap();
         let acct = store.account("acct", T0).unwrap();

@@ -43,17 +43,16 @@ pub async fn run(
     let all_records = store
         .delivery_records(acct)
         .map_err(server::store_failure)?;
-    let mut claims: HashMap<(&str, &crate::deliver::Location), usize> = HashMap::new();
+    let mut claims: HashMap<(&crate::store::TargetId, &crate::deliver::Location), usize> =
+        HashMap::new();
     for r in &all_records {
         if r.stored.location != crate::deliver::Location::Mda {
-            *claims
-                .entry((r.target.as_str(), &r.stored.location))
-                .or_default() += 1;
+            *claims.entry((&r.target, &r.stored.location)).or_default() += 1;
         }
     }
     let shared_location = |r: &crate::store::DeliveryRecord| {
         claims
-            .get(&(r.target.as_str(), &r.stored.location))
+            .get(&(&r.target, &r.stored.location))
             .copied()
             .filter(|&n| n > 1)
     };

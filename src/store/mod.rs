@@ -7,6 +7,7 @@
 mod location;
 mod repair;
 mod report;
+mod target_id;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,16 +19,49 @@ use rusqlite_migration::{M, Migrations};
 use crate::deliver::{BatchMark, StoredMessage};
 pub use location::{decode_location, encode_location};
 pub use report::{AccountCounts, DeliveryRecord, MarkCounts, RunSummary};
+pub use target_id::TargetId;
 
 /// How long a statement waits for a lock another process holds on the
 /// state (the `state_busy_timeout` default).
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-const MIGRATIONS: &[M<'static>] = &[
-    M::up(include_str!("../../migrations/0001_initial.sql")),
-    M::up(include_str!("../../migrations/0002_daemon_schedule.sql")),
-    M::up(include_str!("../../migrations/0003_batch_tmp_names.sql")),
-];
+/// How many schema versions this program knows.
+const SCHEMA_VERSION: usize = 4;
+
+fn migrations() -> Migrations<'static> {
+    let all = vec![
+        M::up(include_str!("../../migrations/0001_initial.sql")),
+        M::up(include_str!("../../migrations/0002_daemon_schedule.sql")),
+        M::up(include_str!("../../migrations/0003_batch_tmp_names.sql")),
+        M::up_with_hook(
+            include_str!("../../migrations/0004_target_ids.sql"),
+            encode_target_columns,
+        ),
+    ];
+    debug_assert_eq!(all.len(), SCHEMA_VERSION);
+    Migrations::new(all)
+}
+
+/// Schema 4: every `target` written as a description becomes a
+/// [`TargetId`]. Text that is no description of ours is left as it was:
+/// reading it fails with "bad target", as a forged row should.
+fn encode_target_columns(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
+    for table in ["message", "batch_mark", "intent"] {
+        let rows: Vec<(i64, String)> = tx
+            .prepare(&format!(
+                "SELECT rowid, target FROM {table} WHERE target IS NOT NULL"
+            ))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut update = tx.prepare(&format!("UPDATE {table} SET target = ?2 WHERE rowid = ?1"))?;
+        for (rowid, text) in rows {
+            if let Some(id) = TargetId::from_description(&text) {
+                update.execute(params![rowid, id.encode()])?;
+            }
+        }
+    }
+    Ok(())
+}
 
 pub type AccountId = i64;
 pub type RunId = i64;
@@ -104,14 +138,14 @@ pub struct KnownMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intent {
     pub uid: String,
-    pub target: String,
+    pub target: TargetId,
     pub stored: StoredMessage,
 }
 
 /// What an interrupted run left in the journal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Journal {
-    pub mark: Option<(String, BatchMark)>,
+    pub mark: Option<(TargetId, BatchMark)>,
     pub intents: Vec<Intent>,
 }
 
@@ -179,7 +213,7 @@ impl Store {
             .map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql)?;
-        Migrations::from_slice(MIGRATIONS)
+        migrations()
             .to_latest(&mut conn)
             .map_err(|e| StoreError::Schema {
                 path: path.to_path_buf(),
@@ -416,7 +450,7 @@ impl Store {
     pub fn set_batch_mark(
         &mut self,
         account: AccountId,
-        target: &str,
+        target: &TargetId,
         mark: &BatchMark,
         now: i64,
     ) -> Result<(), StoreError> {
@@ -426,7 +460,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     account,
-                    target,
+                    target.encode(),
                     mark.mbox_length.map(|l| l as i64),
                     now,
                     mark.tmp_prefix.as_deref()
@@ -440,7 +474,7 @@ impl Store {
     pub fn journal(
         &mut self,
         account: AccountId,
-        target: &str,
+        target: &TargetId,
         items: &[(&str, &StoredMessage)],
         now: i64,
     ) -> Result<(), StoreError> {
@@ -464,7 +498,7 @@ impl Store {
                     account,
                     next + i as i64,
                     uid,
-                    target,
+                    target.encode(),
                     encode_location(&stored.location),
                     stored.size as i64,
                     &stored.sha256[..],
@@ -484,7 +518,7 @@ impl Store {
     pub fn commit_delivered(
         &mut self,
         account: AccountId,
-        target: &str,
+        target: &TargetId,
         items: &[(&str, &StoredMessage)],
         now: i64,
         durable: bool,
@@ -508,7 +542,7 @@ impl Store {
     fn commit_delivered_tx(
         &mut self,
         account: AccountId,
-        target: &str,
+        target: &TargetId,
         items: &[(&str, &StoredMessage)],
         now: i64,
     ) -> Result<(), StoreError> {
@@ -528,6 +562,7 @@ impl Store {
                      VALUES (?1, ?2, ?3, 'delivered', ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(|e| err_at(&self.path, e))?;
+            let target = target.encode();
             for (uid, stored) in items {
                 let location = encode_location(&stored.location);
                 let args = params![
@@ -551,6 +586,13 @@ impl Store {
 
     /// What an interrupted run left behind.
     pub fn pending_journal(&self, account: AccountId) -> Result<Journal, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        };
+        let target_id = |text: String| {
+            TargetId::decode(&text).ok_or_else(|| corrupt(format!("bad target {text:?}")))
+        };
         let mark = self
             .conn
             .query_row(
@@ -567,14 +609,15 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e))?
             .map(|(target, len, tmp_prefix)| {
-                (
-                    target,
+                Ok::<_, StoreError>((
+                    target_id(target)?,
                     BatchMark {
                         mbox_length: len.map(|l| l as u64),
                         tmp_prefix,
                     },
-                )
-            });
+                ))
+            })
+            .transpose()?;
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -596,10 +639,6 @@ impl Store {
         let mut intents = Vec::new();
         for row in rows {
             let (uid, target, location, size, sha) = row.map_err(|e| self.err(e))?;
-            let corrupt = |detail: String| StoreError::Corrupt {
-                path: self.path.clone(),
-                detail,
-            };
             let location = decode_location(&location)
                 .ok_or_else(|| corrupt(format!("bad location {location:?}")))?;
             let sha256: [u8; 32] = sha
@@ -607,7 +646,7 @@ impl Store {
                 .map_err(|_| corrupt("bad sha256 length".into()))?;
             intents.push(Intent {
                 uid,
-                target,
+                target: target_id(target)?,
                 stored: StoredMessage {
                     location,
                     size: size as u64,

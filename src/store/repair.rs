@@ -37,7 +37,7 @@ impl Store {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| err_at(&path, e))?;
-        if version > super::MIGRATIONS.len() as i64 {
+        if version > super::SCHEMA_VERSION as i64 {
             return Err(StoreError::Schema {
                 path,
                 detail: "written by a newer popsync (schema version is ahead of this program); upgrade popsync".into(),
@@ -95,7 +95,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::deliver::{Location, StoredMessage};
-    use crate::store::MessageState;
+    use crate::store::{MessageState, TargetId};
 
     fn stored(name: &str) -> StoredMessage {
         StoredMessage {
@@ -112,7 +112,7 @@ mod tests {
         let a = s.account("alice", 1).unwrap();
         s.commit_delivered(
             a,
-            "maildir /m",
+            &TargetId::Maildir("/m".into()),
             &[("d", &stored("n1")), ("e", &stored("n2"))],
             2,
             true,

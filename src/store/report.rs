@@ -4,7 +4,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{AccountId, Store, StoreError, decode_location, err_at};
+use super::{AccountId, Store, StoreError, TargetId, decode_location, err_at};
 use crate::deliver::StoredMessage;
 
 /// What [`Store::mark_seen`] did.
@@ -20,8 +20,8 @@ pub struct MarkCounts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryRecord {
     pub uid: String,
-    /// The target's description when it was stored, e.g. `maildir /home/a/Mail`.
-    pub target: String,
+    /// The target it was stored in.
+    pub target: TargetId,
     pub stored: StoredMessage,
     pub delivered_at: i64,
     pub deleted_at: Option<i64>,
@@ -148,7 +148,10 @@ impl Store {
                 .and_then(|s| s.try_into().ok())
                 .ok_or_else(|| corrupt("missing or bad sha256"))?;
             out.push(DeliveryRecord {
-                target: target.ok_or_else(|| corrupt("missing target"))?,
+                target: target
+                    .as_deref()
+                    .and_then(TargetId::decode)
+                    .ok_or_else(|| corrupt("missing or bad target"))?,
                 stored: StoredMessage {
                     location,
                     size: size.ok_or_else(|| corrupt("missing size"))? as u64,
@@ -163,9 +166,10 @@ impl Store {
         Ok(out)
     }
 
-    /// The target (description) of the latest delivery, if any.
-    pub fn last_target(&self, account: AccountId) -> Result<Option<String>, StoreError> {
-        self.conn
+    /// The target of the latest delivery, if any.
+    pub fn last_target(&self, account: AccountId) -> Result<Option<TargetId>, StoreError> {
+        let text: Option<String> = self
+            .conn
             .query_row(
                 "SELECT target FROM message WHERE account_id = ?1 AND state = 'delivered'
                  ORDER BY delivered_at DESC, id DESC LIMIT 1",
@@ -173,7 +177,14 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        text.map(|t| {
+            TargetId::decode(&t).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("bad target {t:?}"),
+            })
+        })
+        .transpose()
     }
 
     /// The latest run, and the latest run that failed (may be the same).
@@ -271,8 +282,14 @@ mod tests {
         let a = s.account("alice", 1).unwrap();
         s.add_pending(a, &[("p", 5), ("k", 6)], 1).unwrap();
         s.mark_skipped(a, "k", "larger than max_size").unwrap();
-        s.commit_delivered(a, "maildir /m", &[("d", &stored("n1"))], 2, true)
-            .unwrap();
+        s.commit_delivered(
+            a,
+            &TargetId::Maildir("/m".into()),
+            &[("d", &stored("n1"))],
+            2,
+            true,
+        )
+        .unwrap();
         let c = s
             .mark_seen(a, &[("p", 5), ("k", 6), ("d", 1), ("new", 9)], 3)
             .unwrap();
@@ -299,7 +316,7 @@ mod tests {
         let recs = s.delivery_records(a).unwrap();
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].uid, "d");
-        assert_eq!(recs[0].target, "maildir /m");
+        assert_eq!(recs[0].target, TargetId::Maildir("/m".into()));
         assert_eq!(recs[0].stored, stored("n1"));
         let counts = s.account_counts(a).unwrap();
         assert_eq!(

@@ -41,13 +41,19 @@ fn pending_then_delivered_then_gone() {
 
     let m = stored("n1");
     store
-        .journal(acct, "maildir /m", &[("u1", &m)], 110)
+        .journal(acct, &TargetId::Maildir("/m".into()), &[("u1", &m)], 110)
         .unwrap();
     let journal = store.pending_journal(acct).unwrap();
     assert_eq!(journal.intents.len(), 1);
     assert_eq!(journal.intents[0].stored, m);
     store
-        .commit_delivered(acct, "maildir /m", &[("u1", &m)], 120, true)
+        .commit_delivered(
+            acct,
+            &TargetId::Maildir("/m".into()),
+            &[("u1", &m)],
+            120,
+            true,
+        )
         .unwrap();
     assert!(store.pending_journal(acct).unwrap().is_empty());
     let live = store.live_messages(acct).unwrap();
@@ -78,7 +84,7 @@ fn batch_mark_survives_reopen() {
         store
             .set_batch_mark(
                 acct,
-                "mbox /x",
+                &TargetId::Mbox("/x".into()),
                 &BatchMark {
                     mbox_length: Some(42),
                     tmp_prefix: None,
@@ -93,7 +99,7 @@ fn batch_mark_survives_reopen() {
     assert_eq!(
         journal.mark,
         Some((
-            "mbox /x".into(),
+            TargetId::Mbox("/x".into()),
             BatchMark {
                 mbox_length: Some(42),
                 tmp_prefix: None,
@@ -178,10 +184,13 @@ fn a_database_locked_elsewhere_is_busy_on_every_write_path() {
     let items = [("u1", &item)];
     let results: Vec<(&str, Result<(), StoreError>)> = vec![
         ("add_pending", store.add_pending(acct, &[("u1", 10)], 100)),
-        ("journal", store.journal(acct, "maildir", &items, 100)),
+        (
+            "journal",
+            store.journal(acct, &TargetId::Maildir("/m".into()), &items, 100),
+        ),
         (
             "commit_delivered",
-            store.commit_delivered(acct, "maildir", &items, 100, true),
+            store.commit_delivered(acct, &TargetId::Maildir("/m".into()), &items, 100, true),
         ),
         ("clear_journal", store.clear_journal(acct)),
         ("mark_skipped", store.mark_skipped(acct, "u1", "why")),
@@ -215,7 +224,13 @@ fn retired_rows_that_prove_nothing_are_pruned_after_the_horizon() {
         sha256: [0; 32],
     };
     store
-        .commit_delivered(acct, "maildir /m", &[("d1", &stored)], 1, true)
+        .commit_delivered(
+            acct,
+            &TargetId::Maildir("/m".into()),
+            &[("d1", &stored)],
+            1,
+            true,
+        )
         .unwrap();
     store.retire(acct, &["p1", "d1"], 100).unwrap();
     let day = 86_400;
@@ -230,4 +245,88 @@ fn retired_rows_that_prove_nothing_are_pruned_after_the_horizon() {
     // The delivered record stays (verify and the archive need it); p2 is live.
     assert_eq!(store.delivery_records(acct).unwrap().len(), 1);
     assert!(store.live_messages(acct).unwrap().contains_key("p2"));
+}
+
+/// A state.db as schema 3 (the code before typed target ids) left it: the
+/// migration turns every description into a `TargetId`, journal included.
+#[test]
+fn schema_4_converts_target_descriptions_of_an_old_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = state.join("state.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let old = &migrations_before_target_ids();
+        Migrations::from_slice(old).to_latest(&mut conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO account (id, name, created_at) VALUES (1, 'a', 1);
+             INSERT INTO message (account_id, uid, first_seen, state, target, location, stored_size, sha256)
+                 VALUES (1, 'd1', 1, 'delivered', 'maildir /home/u/Mail 100%', 'maildir:n1', 3, zeroblob(32)),
+                        (1, 'd2', 1, 'delivered', 'mda `procmail -d u`', 'mda', 3, zeroblob(32));
+             INSERT INTO message (account_id, uid, first_seen, state) VALUES (1, 'p1', 1, 'pending');
+             INSERT INTO batch_mark (account_id, target, mbox_length, created_at) VALUES (1, 'mbox /m/in box', 7, 1);
+             INSERT INTO intent (account_id, seq, uid, target, location, stored_size, sha256, created_at)
+                 VALUES (1, 1, 'i1', 'mbox /m/in box', 'mbox:7:3', 3, zeroblob(32), 1);",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let version: i64 = store
+        .connection()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION as i64);
+    let records = store.delivery_records(1).unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.target.clone()).collect::<Vec<_>>(),
+        [
+            TargetId::Maildir("/home/u/Mail 100%".into()),
+            TargetId::Mda("procmail -d u".into())
+        ]
+    );
+    let journal = store.pending_journal(1).unwrap();
+    let mbox = TargetId::Mbox("/m/in box".into());
+    assert_eq!(journal.mark.unwrap().0, mbox);
+    assert_eq!(journal.intents[0].target, mbox);
+    let raw: String = store
+        .connection()
+        .query_row("SELECT target FROM message WHERE uid = 'd1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(raw, "1:maildir:/home/u/Mail 100%25");
+}
+
+/// A target no popsync wrote (forged, or garbage) is refused when read,
+/// not guessed at.
+#[test]
+fn a_bad_target_text_is_a_bad_record() {
+    let (_dir, mut store) = open();
+    let acct = store.account("a", 1).unwrap();
+    store
+        .commit_delivered(
+            acct,
+            &TargetId::Maildir("/m".into()),
+            &[("d", &stored("n"))],
+            1,
+            true,
+        )
+        .unwrap();
+    store
+        .connection()
+        .execute("UPDATE message SET target = 'maildir /m'", [])
+        .unwrap();
+    let err = store.delivery_records(acct).unwrap_err().to_string();
+    assert!(err.contains("bad target"), "{err}");
+}
+
+fn migrations_before_target_ids() -> Vec<M<'static>> {
+    vec![
+        M::up(include_str!("../../migrations/0001_initial.sql")),
+        M::up(include_str!("../../migrations/0002_daemon_schedule.sql")),
+        M::up(include_str!("../../migrations/0003_batch_tmp_names.sql")),
+    ]
 }

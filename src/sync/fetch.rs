@@ -9,7 +9,7 @@ use crate::config::Account;
 use crate::deliver::{MessageMeta, StoredMessage, Target};
 use crate::pop3::Command;
 use crate::session::{BodyError, Session, SessionError};
-use crate::store::AccountId;
+use crate::store::{AccountId, TargetId};
 
 use super::headers::{HeaderCapture, keep_newest};
 use super::plan::{Plan, Wanted};
@@ -178,7 +178,7 @@ impl Fetcher<'_> {
         };
         let mut deleted = Vec::new();
         let mut batch = Batch::default();
-        let target_desc = self.target.describe();
+        let target_id = TargetId::of(self.account.target()?);
 
         loop {
             // A stop request: send no further RETR; what is in flight is
@@ -218,7 +218,7 @@ impl Fetcher<'_> {
                     queue.retr_bytes = queue.retr_bytes.saturating_sub(want.size);
                     let result = self.retrieve(want, &mut batch, &mut queue).await;
                     if let Err(e) = result {
-                        self.end_batch_after(&e, &mut batch, &target_desc).await;
+                        self.end_batch_after(&e, &mut batch, &target_id).await;
                         return Err(e);
                     }
                     if let Some(bar) = &progress {
@@ -233,7 +233,7 @@ impl Fetcher<'_> {
                             .iter()
                             .any(|f| matches!(f, InFlight::Retr(_)));
                     if !batch.items.is_empty() && (!more || self.batch_full(&batch)) {
-                        let committed = self.close_batch(&mut batch, &target_desc).await?;
+                        let committed = self.close_batch(&mut batch, &target_id).await?;
                         if self.delete_after_commit {
                             queue.deletes.extend(committed);
                         }
@@ -280,9 +280,9 @@ impl Fetcher<'_> {
             let target = &mut *self.target;
             let mark = blocking(|| target.begin_batch())?;
             if mark.needs_journal() {
-                let desc = self.target.describe();
+                let id = TargetId::of(self.account.target()?);
                 let (store, acct, now) = (self.store, self.acct, self.opts.now);
-                if let Err(e) = with_store(store, |s| s.set_batch_mark(acct, &desc, &mark, now)) {
+                if let Err(e) = with_store(store, |s| s.set_batch_mark(acct, &id, &mark, now)) {
                     let _ = self.target.abort_batch();
                     return Err(e.into());
                 }
@@ -411,7 +411,7 @@ impl Fetcher<'_> {
     async fn close_batch(
         &mut self,
         batch: &mut Batch,
-        target_desc: &str,
+        target_id: &TargetId,
     ) -> Result<Vec<(u32, String)>, SyncError> {
         let (store, acct, now) = (self.store, self.acct, self.opts.now);
         let target = &mut *self.target;
@@ -424,7 +424,7 @@ impl Fetcher<'_> {
             .iter()
             .map(|(u, s, _)| (u.as_str(), s))
             .collect();
-        if let Err(e) = with_store(store, |s| s.journal(acct, target_desc, &items, now)) {
+        if let Err(e) = with_store(store, |s| s.journal(acct, target_id, &items, now)) {
             self.abort_batch(batch);
             return Err(e.into());
         }
@@ -436,7 +436,7 @@ impl Fetcher<'_> {
         // journal already guarantees recovery (see commit_delivered).
         let durable = self.delete_after_commit;
         with_store(store, |s| {
-            s.commit_delivered(acct, target_desc, &items, now, durable)
+            s.commit_delivered(acct, target_id, &items, now, durable)
         })?;
 
         let committed: Vec<(u32, String)> = batch
@@ -459,9 +459,9 @@ impl Fetcher<'_> {
     /// After a failed RETR: when the server (not the target) failed, the
     /// batch's complete messages are kept, so that a poison message or a
     /// flaky link cannot undo a run's progress again and again.
-    async fn end_batch_after(&mut self, err: &SyncError, batch: &mut Batch, target_desc: &str) {
+    async fn end_batch_after(&mut self, err: &SyncError, batch: &mut Batch, target_id: &TargetId) {
         if matches!(err, SyncError::Session(_)) && !batch.items.is_empty() {
-            if let Err(e) = self.close_batch(batch, target_desc).await {
+            if let Err(e) = self.close_batch(batch, target_id).await {
                 self.report
                     .warn(format!("could not keep the messages received so far: {e}"));
             }

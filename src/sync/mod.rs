@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Account, ConfigError, TargetConfig};
 use crate::deliver::{DeliverError, Target, maildir::Maildir, mbox::Mbox, mda::Mda};
 use crate::session::{ConnectOptions, Credentials, Session, SessionError, TraceSink};
-use crate::store::{AccountId, RunRecord, Store, StoreError};
+use crate::store::{AccountId, RunRecord, Store, StoreError, TargetId};
 pub use fetch::Window;
 pub use lock::{AccountLock, LockError};
 pub use plan::{Plan, PlanError, Policy};
@@ -400,9 +400,10 @@ async fn run(
     let _lock = AccountLock::acquire(&opts.state_dir, &account.name)?;
     let mut target = blocking(|| open_target(account))?;
     let acct = with_store(store, |s| s.account(&account.name, opts.now))?;
-    warn_if_target_changed(acct, target.as_ref(), store, report)?;
+    let target_id = TargetId::of(account.target()?);
+    warn_if_target_changed(acct, &target_id, store, report)?;
     *run_id = Some(with_store(store, |s| s.start_run(acct, opts.now))?);
-    recover(acct, target.as_mut(), store, opts.now, report)?;
+    recover(acct, target.as_mut(), &target_id, store, opts.now, report)?;
 
     let creds = credentials(account).await?;
     let mut session = Session::connect(&connect_options(account, opts.trace.clone())).await?;
@@ -545,13 +546,12 @@ fn keep_unverified(
 /// another: say so, since nothing already stored is fetched again.
 fn warn_if_target_changed(
     acct: AccountId,
-    target: &dyn Target,
+    now: &TargetId,
     store: &SharedStore,
     report: &mut AccountReport,
 ) -> Result<(), SyncError> {
-    let now = target.describe();
     if let Some(recorded) = with_store(store, |s| s.last_target(acct))?
-        && recorded != now
+        && recorded != *now
     {
         report.warn(format!(
             "the config says {now}, but earlier messages were stored in {recorded}: they stay there and are not fetched again; only new mail goes to {now}"
@@ -567,6 +567,7 @@ const RETIRED_HORIZON: i64 = 90 * 86_400;
 fn recover(
     acct: AccountId,
     target: &mut dyn Target,
+    target_id: &TargetId,
     store: &SharedStore,
     now: i64,
     report: &mut AccountReport,
@@ -576,12 +577,8 @@ fn recover(
         return Ok(());
     }
     let desc = target.describe();
-    let foreign = journal
-        .mark
-        .as_ref()
-        .map(|(t, _)| t != &desc)
-        .unwrap_or(false)
-        || journal.intents.iter().any(|i| i.target != desc);
+    let foreign = journal.mark.as_ref().is_some_and(|(t, _)| t != target_id)
+        || journal.intents.iter().any(|i| i.target != *target_id);
     if foreign {
         report.warn(format!(
             "an interrupted run wrote to a different target than {desc}; its unfinished batch will be fetched again"
@@ -601,7 +598,7 @@ fn recover(
         .collect();
     report.recovered = committed.len() as u64;
     with_store(store, |s| {
-        s.commit_delivered(acct, &desc, &committed, now, true)
+        s.commit_delivered(acct, target_id, &committed, now, true)
     })?;
     tracing::info!(
         account = %report.account,

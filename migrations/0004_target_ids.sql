@@ -1,0 +1,5 @@
+-- popsync state, schema 4: the `target` columns of message, batch_mark and
+-- intent hold an encoded target identity (`1:maildir:PATH`, see
+-- src/store/target_id.rs) instead of the target's display text. The rows
+-- are rewritten by the migration's hook in src/store/mod.rs; this file
+-- only records the step.
