@@ -189,7 +189,7 @@ fn recovery_never_removes_files_by_age() {
     db.execute(
         "INSERT INTO batch_mark (account_id, target, mbox_length, created_at)
          SELECT id, ?1, NULL, 0 FROM account WHERE name = 'acct'",
-        [format!("maildir {}", c.maildir.display())],
+        [popsync::store::TargetId::Maildir(c.maildir.clone()).encode()],
     )
     .unwrap();
     drop(db);
