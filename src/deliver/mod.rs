@@ -22,6 +22,7 @@
 pub mod maildir;
 pub mod mbox;
 pub mod mda;
+pub mod thread;
 mod util;
 
 use std::path::PathBuf;

@@ -1,19 +1,21 @@
-//! The pipelined fetch loop: RETR into the target, batch by batch, each
-//! batch made durable, journaled, published and committed before any of its
-//! messages may be deleted.
+//! The pipelined fetch loop: RETR into the delivery thread, batch by batch,
+//! each batch made durable, journaled, published and committed before any
+//! of its messages may be deleted. The thread writes a message while this
+//! loop reads the next one from the socket.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::config::Account;
-use crate::deliver::{MessageMeta, StoredMessage, Target};
+use crate::deliver::thread::{DeliveryThread, PendingMessage, stopped};
+use crate::deliver::{DeliverError, MessageMeta, StoredMessage};
 use crate::pop3::Command;
 use crate::session::{BodyError, Session, SessionError};
 use crate::store::{AccountId, TargetId};
 
 use super::headers::{HeaderCapture, keep_newest};
 use super::plan::{Plan, Wanted};
-use super::{AccountReport, SharedStore, SyncError, SyncOptions, blocking, received, with_store};
+use super::{AccountReport, SharedStore, SyncError, SyncOptions, received, with_store};
 
 /// A message larger than this is hostile, whatever LIST said.
 const MAX_MESSAGE: u64 = 4 * 1024 * 1024 * 1024;
@@ -108,19 +110,39 @@ impl Queue<'_> {
     }
 }
 
-/// Messages of the batch in progress.
+/// Messages of the batch in progress: ended on the delivery thread, their
+/// stored form known once it has written them.
 #[derive(Default)]
 struct Batch {
     started: Option<Instant>,
-    items: Vec<(String, StoredMessage, u32)>,
+    items: Vec<(String, PendingMessage, u32)>,
+    /// Message bytes read (the stored size is known only at the close).
     bytes: u64,
     /// Header sections of the batch's newest messages (bounded ring).
     headers: VecDeque<Vec<u8>>,
+    /// Items before this index are known stored.
+    checked: usize,
+}
+
+impl Batch {
+    /// A failed write stops the run now, not at the batch's close. Looks
+    /// only at what the thread already answered (it answers in order).
+    fn check_stored(&mut self) -> Result<(), DeliverError> {
+        while let Some((_, pending, _)) = self.items.get_mut(self.checked) {
+            match pending.peek() {
+                Some(Ok(_)) => self.checked += 1,
+                Some(Err(_)) => return Err(pending.take_failure().unwrap_or_else(stopped)),
+                None => break,
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(super) struct Fetcher<'a> {
     pub session: &'a mut Session,
-    pub target: &'a mut dyn Target,
+    pub delivery: &'a DeliveryThread,
+    pub target_id: &'a TargetId,
     pub store: &'a SharedStore,
     pub account: &'a Account,
     pub acct: AccountId,
@@ -178,7 +200,7 @@ impl Fetcher<'_> {
         };
         let mut deleted = Vec::new();
         let mut batch = Batch::default();
-        let target_id = TargetId::of(self.account.target()?);
+        let target_id = self.target_id;
 
         loop {
             // A stop request: send no further RETR; what is in flight is
@@ -218,13 +240,12 @@ impl Fetcher<'_> {
                     queue.retr_bytes = queue.retr_bytes.saturating_sub(want.size);
                     let result = self.retrieve(want, &mut batch, &mut queue).await;
                     if let Err(e) = result {
-                        self.end_batch_after(&e, &mut batch, &target_id).await;
+                        self.end_batch_after(&e, &mut batch, target_id).await;
                         return Err(e);
                     }
                     if let Some(bar) = &progress {
                         // Stored bytes, as the summary counts them, not LIST's.
-                        let in_batch: u64 = batch.items.iter().map(|(_, s, _)| s.size).sum();
-                        bar.set_message(super::human_bytes(self.report.new_bytes + in_batch));
+                        bar.set_message(super::human_bytes(self.report.new_bytes + batch.bytes));
                         bar.inc(1);
                     }
                     let more = (queue.next < wanted.len() && !self.opts.stop_requested())
@@ -233,7 +254,7 @@ impl Fetcher<'_> {
                             .iter()
                             .any(|f| matches!(f, InFlight::Retr(_)));
                     if !batch.items.is_empty() && (!more || self.batch_full(&batch)) {
-                        let committed = self.close_batch(&mut batch, &target_id).await?;
+                        let committed = self.close_batch(&mut batch, target_id).await?;
                         if self.delete_after_commit {
                             queue.deletes.extend(committed);
                         }
@@ -277,13 +298,12 @@ impl Fetcher<'_> {
             return Ok(());
         }
         if batch.started.is_none() {
-            let target = &mut *self.target;
-            let mark = blocking(|| target.begin_batch())?;
+            let mark = self.delivery.begin_batch().await?;
             if mark.needs_journal() {
-                let id = TargetId::of(self.account.target()?);
+                let id = self.target_id;
                 let (store, acct, now) = (self.store, self.acct, self.opts.now);
-                if let Err(e) = with_store(store, |s| s.set_batch_mark(acct, &id, &mark, now)) {
-                    let _ = self.target.abort_batch();
+                if let Err(e) = with_store(store, |s| s.set_batch_mark(acct, id, &mark, now)) {
+                    let _ = self.delivery.abort_batch().await;
                     return Err(e.into());
                 }
             }
@@ -299,25 +319,25 @@ impl Fetcher<'_> {
                 )
             }),
         };
-        self.target.begin_message(&meta)?;
-        let target = &mut *self.target;
+        self.delivery.begin_message(meta)?;
+        let delivery = self.delivery;
         let limit = body_limit(want.size);
         let mut capture = HeaderCapture::default();
         let body = self
             .session
             .read_body(limit, |chunk| {
                 capture.feed(chunk);
-                target.write(chunk)
+                delivery.write(chunk)
             })
             .await;
         let stats = match body {
             Ok(stats) => stats,
             Err(BodyError::Sink(e)) => {
-                self.target.abort_message();
+                self.delivery.abort_message();
                 return Err(e.into());
             }
             Err(BodyError::Session(e)) => {
-                self.target.abort_message();
+                self.delivery.abort_message();
                 if matches!(e, SessionError::BodyTooLarge { .. }) {
                     let reason = format!(
                         "exceeds {limit} bytes although LIST announced {}: stopped reading it",
@@ -336,21 +356,22 @@ impl Fetcher<'_> {
             }
         };
         if let Err(e) = self.confirm_in_step(want, queue).await {
-            self.target.abort_message();
+            self.delivery.abort_message();
             return Err(e);
         }
         self.list_sizes.fetched += 1;
         if stats.crlf_size() != want.size {
             self.list_sizes.differ += 1;
         }
-        let stored = self.target.end_message()?;
-        batch.bytes += stored.size;
+        let pending = self.delivery.end_message()?;
+        batch.bytes += stats.bytes;
         let uid = match &want.uid {
             Some(uid) => uid.clone(),
             None => format!("no-uidl:{}:{}", self.run_id, want.msg),
         };
-        batch.items.push((uid, stored, want.msg));
+        batch.items.push((uid, pending, want.msg));
         keep_newest(&mut batch.headers, capture.take());
+        batch.check_stored()?;
         Ok(())
     }
 
@@ -406,32 +427,38 @@ impl Fetcher<'_> {
             || batch.started.is_some_and(|t| t.elapsed() >= limits.time)
     }
 
-    /// Durable -> journaled -> published -> committed. Returns the committed
-    /// messages as (msg, uid) for deletion.
+    /// Stored (waiting for the delivery thread) -> durable -> journaled ->
+    /// published -> committed. Returns the committed messages as (msg, uid)
+    /// for deletion.
     async fn close_batch(
         &mut self,
         batch: &mut Batch,
         target_id: &TargetId,
     ) -> Result<Vec<(u32, String)>, SyncError> {
         let (store, acct, now) = (self.store, self.acct, self.opts.now);
-        let target = &mut *self.target;
-        if let Err(e) = blocking(|| target.sync_batch()) {
-            self.abort_batch(batch);
+        let mut stored = Vec::with_capacity(batch.items.len());
+        for (uid, pending, msg) in std::mem::take(&mut batch.items) {
+            match pending.stored().await {
+                Ok(s) => stored.push((uid, s, msg)),
+                Err(e) => {
+                    self.abort_batch(batch).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        if let Err(e) = self.delivery.sync_batch().await {
+            self.abort_batch(batch).await;
             return Err(e.into());
         }
-        let items: Vec<(&str, &StoredMessage)> = batch
-            .items
-            .iter()
-            .map(|(u, s, _)| (u.as_str(), s))
-            .collect();
+        let items: Vec<(&str, &StoredMessage)> =
+            stored.iter().map(|(u, s, _)| (u.as_str(), s)).collect();
         if let Err(e) = with_store(store, |s| s.journal(acct, target_id, &items, now)) {
-            self.abort_batch(batch);
+            self.abort_batch(batch).await;
             return Err(e.into());
         }
         // From here on the journal knows the batch: on failure the next run's
         // recovery commits what reached its place; nothing is undone here.
-        let target = &mut *self.target;
-        blocking(|| target.publish_batch())?;
+        self.delivery.publish_batch().await?;
         // Durable only when DELEs of this batch follow; otherwise the
         // journal already guarantees recovery (see commit_delivered).
         let durable = self.delete_after_commit;
@@ -439,16 +466,13 @@ impl Fetcher<'_> {
             s.commit_delivered(acct, target_id, &items, now, durable)
         })?;
 
-        let committed: Vec<(u32, String)> = batch
-            .items
-            .iter()
-            .map(|(u, _, m)| (*m, u.clone()))
-            .collect();
-        self.report.new_messages += batch.items.len() as u64;
-        self.report.new_bytes += batch.items.iter().map(|(_, s, _)| s.size).sum::<u64>();
+        let committed: Vec<(u32, String)> =
+            stored.iter().map(|(u, _, m)| (*m, u.clone())).collect();
+        self.report.new_messages += stored.len() as u64;
+        self.report.new_bytes += stored.iter().map(|(_, s, _)| s.size).sum::<u64>();
         self.report
             .delivered
-            .extend(batch.items.drain(..).map(|(_, s, _)| s));
+            .extend(stored.into_iter().map(|(_, s, _)| s));
         for header in batch.headers.drain(..) {
             keep_newest(&mut self.report.newest_headers, header);
         }
@@ -466,13 +490,13 @@ impl Fetcher<'_> {
                     .warn(format!("could not keep the messages received so far: {e}"));
             }
         } else {
-            self.abort_batch(batch);
+            self.abort_batch(batch).await;
         }
     }
 
-    fn abort_batch(&mut self, batch: &mut Batch) {
+    async fn abort_batch(&mut self, batch: &mut Batch) {
         if batch.started.is_some() {
-            if let Err(e) = self.target.abort_batch() {
+            if let Err(e) = self.delivery.abort_batch().await {
                 self.report
                     .warn(format!("could not undo the unfinished batch: {e}"));
             }

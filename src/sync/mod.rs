@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Account, ConfigError, TargetConfig};
+use crate::deliver::thread::DeliveryThread;
 use crate::deliver::{DeliverError, Target, maildir::Maildir, mbox::Mbox, mda::Mda};
 use crate::session::{ConnectOptions, Credentials, Session, SessionError, TraceSink};
 use crate::store::{AccountId, RunRecord, Store, StoreError, TargetId};
@@ -475,9 +476,13 @@ async fn run(
         }
     }
 
+    // From here on the target lives on its own thread: file and MDA work
+    // overlaps the socket reads and never blocks a tokio worker.
+    let delivery = DeliveryThread::spawn(target)?;
     let mut fetcher = fetch::Fetcher {
         session: &mut session,
-        target: target.as_mut(),
+        delivery: &delivery,
+        target_id: &target_id,
         store,
         account,
         acct,
