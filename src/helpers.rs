@@ -65,7 +65,7 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::time::{Duration, Instant};
 
-    // kill_all itself is exercised by tests/runaway_helpers.rs (daemon
+    // kill_all itself is exercised by tests/it/runaway_helpers.rs (daemon
     // stop): here it would kill other tests' helpers running in parallel.
     #[test]
     fn kill_ends_the_whole_group_and_drop_unregisters() {

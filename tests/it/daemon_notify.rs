@@ -2,7 +2,7 @@
 //! from Debian's `dbus` package), received by a stub
 //! `org.freedesktop.Notifications` service that records every `Notify`.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -2,7 +2,7 @@
 //! a real DNS server (dnsmasq) on loopback, then `popsync sync` with the
 //! config it wrote.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

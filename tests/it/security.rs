@@ -2,7 +2,7 @@
 //! before any credential, no secret reaches a log at any verbosity, secrets
 //! on disk stay private, and server text is sanitised before it is shown.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 

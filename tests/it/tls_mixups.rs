@@ -1,7 +1,7 @@
 //! TLS mode / port mix-ups are configuration errors, diagnosed in seconds
 //! (exit 5) with the `tls` value and the port to use, and no credential sent.
 
-mod support;
+use crate::support;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant};

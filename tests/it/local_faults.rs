@@ -2,7 +2,7 @@
 //! corrupt or too-new state database. Each is a clear error with exit code
 //! 7, no DELE reaches the server, and no partial delivery is visible.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! `popsync shell` in a real terminal (a tmux pane): the prompt shows the
 //! session state, and the password typed after PASS is not echoed.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! while the daemon runs arrives within seconds, whatever other accounts
 //! do; signals (reload, poll now, stop); refused logins; a second daemon.
 
-mod support;
+use crate::support;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The session against scripted servers: the protocol corners a real
 //! Dovecot will not show, and the refusals that must send no credential.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

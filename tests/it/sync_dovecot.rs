@@ -1,7 +1,7 @@
 //! `popsync sync` against a real Dovecot: byte-exact mirroring into maildir,
 //! mbox and an MDA; incremental runs; deletion policies; the lock; recovery.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;

@@ -1,6 +1,6 @@
 //! Proves the test harness itself (tests/support) works, without popsync.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! Dovecot (maildir, CAPA, PIPELINING) and popa3d (mbox, no CAPA, so
 //! lock-step; UIDs derived from content).
 
-mod support;
+use crate::support;
 
 use support::dovecot::Dovecot;
 use support::popa3d::Popa3d;
@@ -187,7 +187,7 @@ fn keep_false_stores_everything_then_empties_the_server() {
 /// popsync vs mpop against popa3d served inetd-style (Nagle on, no
 /// PIPELINING, so both clients run lock-step): rounds alternate, and the
 /// paired ratio of medians is printed. A measurement, not a timed test:
-/// `cargo test --release --test real_servers -- --ignored --nocapture lock_step`
+/// `cargo test --release --test it real_servers::lock_step -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn lock_step_popa3d_popsync_vs_mpop() {

@@ -1,7 +1,7 @@
 //! `popsync man`, `popsync completions SHELL` and `--version`: generated from
 //! the real command tree, usable by man and bash, and without a config.
 
-mod support;
+use crate::support;
 
 use support::popsync::BIN;
 

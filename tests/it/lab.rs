@@ -2,7 +2,7 @@
 //! through stdin, `popsync ls`, `sync --dry-run`, and the repair commands
 //! (`refetch`, `forget`, `verify --repair`).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -391,7 +391,7 @@ fn ls_sends_top_pipelined_not_one_round_trip_per_message() {
 }
 
 /// The measurement behind README's figures:
-/// `cargo test --release --test lab -- --ignored --nocapture ls_of_3000`
+/// `cargo test --release --test it lab::ls_of_3000 -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn ls_of_3000_messages_measured() {

@@ -2,7 +2,7 @@
 //! values checked at load time, no doubled prefixes, a hint on a refused
 //! login; and what `status`, `sync` and the log show afterwards.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

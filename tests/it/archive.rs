@@ -1,7 +1,7 @@
 //! `status`, `verify` and `purge` against a real Dovecot: the end of a
 //! migration deletes from the server only what is provably stored.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

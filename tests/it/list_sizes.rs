@@ -2,7 +2,7 @@
 //! every message delivered byte-exact, while a message a server truly cut
 //! short (an unstuffed lone `.`) is never stored and never deleted.
 
-mod support;
+use crate::support;
 
 use support::fault_case::{Case, assert_mentions, keep_false};
 use support::fault_server::{FaultMessage, Faults, ListSizing};

@@ -3,7 +3,7 @@
 //! passdb validates every XOAUTH2 / OAUTHBEARER token by introspection at
 //! that provider. The tests play the user on the provider's own pages.
 
-mod support;
+use crate::support;
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! memory (issue 11, findings 4 and 5): total deadlines on status lines,
 //! a minimum rate on bodies and listings, bounded CAPA, error text cut.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

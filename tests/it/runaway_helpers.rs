@@ -2,7 +2,7 @@
 //! bounded in output and time, its process group is killed on timeout and
 //! when the daemon stops; core dumps are off.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The progress bar on a real 80-column terminal (tmux): messages and bytes
 //! on one line that does not wrap, and the same numbers as the summary.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

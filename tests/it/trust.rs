@@ -4,7 +4,7 @@
 //! Each test replays one reported attack and checks the refusal, that no
 //! file outside the target changed, and that the server kept every message.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,7 +1,7 @@
 //! RFC 6856: a server offering `UTF8` gets the command before login, so a
 //! Courier-like server serves the original message, not its wrapper.
 
-mod support;
+use crate::support;
 
 use support::fault_case::Case;
 use support::fault_server::{FaultMessage, Faults, UNICODE_WRAPPER};

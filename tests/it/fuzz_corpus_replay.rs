@@ -2,7 +2,7 @@
 //! the same checks the fuzz targets run, so every input a fuzzer once found
 //! interesting stays a regression test without cargo-fuzz or nightly.
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! `popsync probe` against a real Dovecot: TLS modes, auth methods, refusals.
 
-mod support;
+use crate::support;
 
 use popsync::session::tls::format_fingerprint;
 use support::dovecot::{Dovecot, DovecotOptions};

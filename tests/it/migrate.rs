@@ -2,7 +2,7 @@
 //! written by the real peers (Debian's mpop, fetchmail, getmail6): after an
 //! import, `sync` fetches exactly what the peer had not.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

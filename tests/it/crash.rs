@@ -2,12 +2,12 @@
 //! run every server message is stored exactly once, the mbox parses, and
 //! nothing left the server that is not stored.
 //!
-//! Short version: `cargo test --test crash` (runs in the normal suite).
+//! Short version: `cargo test --test it crash::` (runs in the normal suite).
 //! Long version (≥200 kill points, thousands of messages):
-//!     cargo test --release --test crash -- --ignored --nocapture
+//!     cargo test --release --test it crash:: -- --ignored --nocapture
 //! `POPSYNC_CRASH_SEED=N` replays a run's random choices.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -282,7 +282,7 @@ fn kill_9_at_random_moments_loses_nothing() {
 }
 
 #[test]
-#[ignore = "long: cargo test --release --test crash -- --ignored --nocapture"]
+#[ignore = "long: cargo test --release --test it crash:: -- --ignored --nocapture"]
 fn kill_9_long_loop() {
     run_all(&Params {
         initial: 2000,

@@ -2,7 +2,7 @@
 //! in a clear error or warning, a documented exit code, and a mailbox and
 //! state where nothing is lost and nothing is stored twice.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! is trusted as such (like a pin), and every refused certificate is named
 //! in the error together with the setting that would fix it.
 
-mod support;
+use crate::support;
 
 use popsync::session::tls::format_fingerprint;
 use support::certs::{Leaf, TestPki, cert_sha256, self_signed};
