@@ -50,13 +50,8 @@ impl Exit {
         }
     }
 
-    /// A state database held by another process is worth retrying; any
-    /// other state failure is local trouble.
     pub fn for_store(err: &crate::store::StoreError) -> Exit {
-        match err {
-            crate::store::StoreError::Busy { .. } => Exit::Temporary,
-            _ => Exit::Delivery,
-        }
+        Exit::for_kind(FailureKind::of_store(err))
     }
 
     /// When several accounts fail differently, the most actionable wins.

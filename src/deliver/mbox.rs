@@ -1282,6 +1282,19 @@ mod tests {
         mb.abort_batch().unwrap();
     }
 
+    /// Sets a file's access and modification time (Unix seconds).
+    fn set_mtime(path: &Path, secs: i64) {
+        let at = rustix::fs::Timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: at,
+            last_modification: at,
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty()).unwrap();
+    }
+
     #[test]
     fn an_empty_dotlock_is_stale_after_a_minute_and_ours_always_names_us() {
         let td = tempfile::tempdir().unwrap();
@@ -1299,16 +1312,7 @@ mod tests {
             .unwrap()
             .as_secs() as i64
             - 90;
-        let old = rustix::fs::Timespec {
-            tv_sec: then,
-            tv_nsec: 0,
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: old,
-            last_modification: old,
-        };
-        rustix::fs::utimensat(rustix::fs::CWD, &lock, &times, rustix::fs::AtFlags::empty())
-            .unwrap();
+        set_mtime(&lock, then);
         b.begin_batch().unwrap();
         // The lock in place names this process, and no helper file is left.
         let text = fs::read_to_string(&lock).unwrap();
@@ -1344,16 +1348,7 @@ mod tests {
         b.begin_batch().unwrap();
         b.abort_batch().unwrap();
         fs::write(&lock, "").unwrap();
-        let old = rustix::fs::Timespec {
-            tv_sec: 1000,
-            tv_nsec: 0,
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: old,
-            last_modification: old,
-        };
-        rustix::fs::utimensat(rustix::fs::CWD, &lock, &times, rustix::fs::AtFlags::empty())
-            .unwrap();
+        set_mtime(&lock, 1000);
         b.begin_batch().unwrap();
         b.abort_batch().unwrap();
         assert!(!lock.exists());

@@ -112,9 +112,9 @@ impl SyncError {
             SyncError::Config(_) => FailureKind::Config,
             SyncError::Session(e) => FailureKind::of_session(e),
             SyncError::Plan(_) => FailureKind::Protocol,
-            SyncError::Store(StoreError::Busy { .. }) => FailureKind::Busy,
+            SyncError::Store(e) => FailureKind::of_store(e),
             SyncError::Deliver(e) if e.is_transient() => FailureKind::Busy,
-            SyncError::Deliver(_) | SyncError::Store(_) => FailureKind::Delivery,
+            SyncError::Deliver(_) => FailureKind::Delivery,
             SyncError::Lock(LockError::Held { .. }) => FailureKind::Locked,
             SyncError::Lock(_) => FailureKind::Delivery,
             SyncError::OAuth2(e) => e.kind(),
@@ -155,6 +155,15 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// A state database held by another process is worth retrying; any
+    /// other state failure is local trouble.
+    pub fn of_store(e: &StoreError) -> FailureKind {
+        match e {
+            StoreError::Busy { .. } => FailureKind::Busy,
+            _ => FailureKind::Delivery,
+        }
+    }
+
     pub fn of_session(e: &SessionError) -> FailureKind {
         use crate::pop3::ResponseCode;
         if e.is_tls() {
