@@ -11,7 +11,7 @@ use mail_parser::MessageParser;
 use crate::config::{Account, Config};
 use crate::pop3::{Command, ListEntry, UidlEntry};
 use crate::session::{Session, TraceSink};
-use crate::store::{KnownMessage, MessageState, Store};
+use crate::store::{KnownMessage, MessageState, SkipReason, Store};
 use crate::sync::plan::{self, Plan, Policy};
 
 use super::exit::{Exit, Failure};
@@ -63,7 +63,7 @@ pub struct Survey {
     pub uidl: Option<Vec<UidlEntry>>,
     pub list: Vec<ListEntry>,
     pub known: HashMap<String, KnownMessage>,
-    pub skip_reasons: HashMap<String, String>,
+    pub skip_reasons: HashMap<String, SkipReason>,
     /// `Err` when the sync would refuse to run (no UIDL with keep, UIDs renumbered).
     pub plan: Result<Plan, plan::PlanError>,
 }
@@ -130,7 +130,10 @@ pub fn row_states(s: &Survey) -> Vec<(u32, u64, Option<String>, RowState)> {
     let (fetch, skip, delete) = match &s.plan {
         Ok(p) => (
             p.fetch.iter().map(|w| w.msg).collect(),
-            p.skip.iter().map(|k| (k.msg, k.reason.clone())).collect(),
+            p.skip
+                .iter()
+                .map(|k| (k.msg, k.reason.to_string()))
+                .collect(),
             p.delete.iter().map(|(m, _)| *m).collect(),
         ),
         Err(_) => Default::default(),
@@ -148,7 +151,7 @@ pub fn row_states(s: &Survey) -> Vec<(u32, u64, Option<String>, RowState)> {
             let reason = || {
                 uid.as_deref()
                     .and_then(|u| s.skip_reasons.get(u))
-                    .cloned()
+                    .map(ToString::to_string)
                     .unwrap_or_default()
             };
             let state = if let Some(r) = skip.get(&e.msg) {
@@ -381,7 +384,7 @@ mod tests {
         .into_iter()
         .map(|(u, k)| (u.to_string(), k))
         .collect();
-        let reasons: HashMap<String, String> = [("k".to_string(), "truncated".to_string())].into();
+        let reasons: HashMap<String, SkipReason> = [("k".to_string(), SkipReason::Desynced)].into();
         let policy = |keep| Policy {
             keep,
             delete_after_days: None,
@@ -404,7 +407,7 @@ mod tests {
             [
                 "stored",
                 "marked",
-                "new (skipped before: truncated)",
+                "new (skipped before: truncated by the server: data followed its end (an unstuffed lone \".\"?))",
                 "new",
                 "skipped: larger than max_size (10000 > 1000 bytes)",
                 "new"

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::config::{Account, Config};
 use crate::datetime::Civil;
-use crate::store::{AccountCounts, Store};
+use crate::store::{AccountCounts, SkipKind, Store};
 use crate::sync::human_bytes;
 
 use super::exit::{Exit, Failure};
@@ -80,11 +80,10 @@ fn row(store: &Store, name: &str) -> Result<Row, crate::store::StoreError> {
         return Ok(row);
     };
     row.counts = store.account_counts(acct)?;
-    for (reason, n) in &row.counts.skipped {
-        if reason.starts_with("larger than max_size") {
-            row.skipped_too_large += n;
-        } else {
-            row.skipped_other += n;
+    for &(kind, n) in &row.counts.skipped {
+        match kind {
+            SkipKind::TooLarge => row.skipped_too_large += n,
+            _ => row.skipped_other += n,
         }
     }
     let (last, failed) = store.last_runs(acct)?;
@@ -159,15 +158,14 @@ fn table(rows: &[Row]) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for r in rows {
         let skipped = r.skipped_too_large + r.skipped_other + r.skipped_bad_uid;
-        let mut why = Vec::new();
-        for (n, what) in [
-            (r.skipped_too_large, "too large"),
-            (r.skipped_bad_uid, "bad UID"),
-            (r.skipped_other, "other"),
-        ] {
-            if n > 0 {
-                why.push(format!("{n} {what}"));
-            }
+        let mut why: Vec<String> = r
+            .counts
+            .skipped
+            .iter()
+            .map(|(kind, n)| format!("{n} {}", kind.label()))
+            .collect();
+        if r.skipped_bad_uid > 0 {
+            why.push(format!("{} bad UID", r.skipped_bad_uid));
         }
         cells.push(vec![
             r.account.clone(),

@@ -7,6 +7,7 @@
 mod location;
 mod repair;
 mod report;
+mod skip_reason;
 mod target_id;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use rusqlite_migration::{M, Migrations};
 use crate::deliver::{BatchMark, StoredMessage};
 pub use location::{decode_location, encode_location};
 pub use report::{AccountCounts, DeliveryRecord, MarkCounts, RunSummary};
+pub use skip_reason::{SkipKind, SkipReason};
 pub use target_id::TargetId;
 
 /// How long a statement waits for a lock another process holds on the
@@ -26,7 +28,7 @@ pub use target_id::TargetId;
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many schema versions this program knows.
-const SCHEMA_VERSION: usize = 4;
+const SCHEMA_VERSION: usize = 5;
 
 fn migrations() -> Migrations<'static> {
     let all = vec![
@@ -36,6 +38,10 @@ fn migrations() -> Migrations<'static> {
         M::up_with_hook(
             include_str!("../../migrations/0004_target_ids.sql"),
             encode_target_columns,
+        ),
+        M::up_with_hook(
+            include_str!("../../migrations/0005_skip_reason_codes.sql"),
+            encode_skip_reasons,
         ),
     ];
     debug_assert_eq!(all.len(), SCHEMA_VERSION);
@@ -59,6 +65,22 @@ fn encode_target_columns(tx: &rusqlite::Transaction) -> rusqlite_migration::Hook
                 update.execute(params![rowid, id.encode()])?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Schema 5: every `skip_reason` written as display text becomes a
+/// [`SkipReason`] code and detail.
+fn encode_skip_reasons(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
+    let rows: Vec<(i64, String)> = tx
+        .prepare("SELECT rowid, skip_reason FROM message WHERE skip_reason IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut update =
+        tx.prepare("UPDATE message SET skip_reason = ?2, skip_detail = ?3 WHERE rowid = ?1")?;
+    for (rowid, text) in rows {
+        let (code, detail) = SkipReason::from_legacy_text(&text).encode();
+        update.execute(params![rowid, code, detail])?;
     }
     Ok(())
 }
@@ -550,8 +572,8 @@ impl Store {
         {
             let mut update = tx
                 .prepare_cached(
-                    "UPDATE message SET state = 'delivered', skip_reason = NULL, delivered_at = ?3,
-                         target = ?4, location = ?5, stored_size = ?6, sha256 = ?7
+                    "UPDATE message SET state = 'delivered', skip_reason = NULL, skip_detail = NULL,
+                         delivered_at = ?3, target = ?4, location = ?5, stored_size = ?6, sha256 = ?7
                      WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL",
                 )
                 .map_err(|e| err_at(&self.path, e))?;
@@ -668,14 +690,15 @@ impl Store {
         &mut self,
         account: AccountId,
         uid: &str,
-        reason: &str,
+        reason: &SkipReason,
     ) -> Result<(), StoreError> {
+        let (code, detail) = reason.encode();
         self.relaxed(|this| {
             this.conn
                 .execute(
-                    "UPDATE message SET state = 'skipped', skip_reason = ?3
+                    "UPDATE message SET state = 'skipped', skip_reason = ?3, skip_detail = ?4
                      WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL AND state IN ('pending', 'skipped')",
-                    params![account, uid, reason],
+                    params![account, uid, code, detail],
                 )
                 .map_err(|e| this.err(e))?;
             Ok(())

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::{AccountId, Store, StoreError, err_at};
+use super::{AccountId, SkipReason, Store, StoreError, err_at};
 
 impl Store {
     /// Opens an existing state for reading only (no migration, no file
@@ -46,17 +46,42 @@ impl Store {
         Ok(Some(Store { conn, path }))
     }
 
-    /// Why each live skipped UID was left on the server.
-    pub fn skip_reasons(&self, account: AccountId) -> Result<HashMap<String, String>, StoreError> {
+    /// Why each live skipped UID was left on the server. Also on a state
+    /// opened read-only before schema 5 (no migration ran), whose
+    /// `skip_reason` still holds the old text.
+    pub fn skip_reasons(
+        &self,
+        account: AccountId,
+    ) -> Result<HashMap<String, SkipReason>, StoreError> {
+        let coded = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('message') WHERE name = 'skip_detail'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| self.err(e))?
+            > 0;
+        let detail = if coded { "skip_detail" } else { "NULL" };
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT uid, COALESCE(skip_reason, '') FROM message
-                 WHERE account_id = ?1 AND gone_at IS NULL AND state = 'skipped'",
-            )
+            .prepare(&format!(
+                "SELECT uid, skip_reason, {detail} FROM message
+                 WHERE account_id = ?1 AND gone_at IS NULL AND state = 'skipped'"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([account], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([account], |r| {
+                let code: Option<String> = r.get(1)?;
+                let detail: Option<String> = r.get(2)?;
+                let code = code.as_deref().unwrap_or("");
+                let reason = if coded {
+                    SkipReason::decode(code, detail.as_deref())
+                } else {
+                    SkipReason::from_legacy_text(code)
+                };
+                Ok((r.get(0)?, reason))
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
@@ -70,7 +95,7 @@ impl Store {
         let changed = self
             .conn
             .execute(
-                "UPDATE message SET state = 'pending', skip_reason = NULL
+                "UPDATE message SET state = 'pending', skip_reason = NULL, skip_detail = NULL
                  WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL
                    AND deleted_at IS NULL AND state = 'delivered'",
                 params![account, uid],
@@ -151,12 +176,16 @@ mod tests {
             let mut s = Store::open_in(dir.path()).unwrap();
             let a = s.account("alice", 1).unwrap();
             s.add_pending(a, &[("k", 6)], 1).unwrap();
-            s.mark_skipped(a, "k", "larger than max_size").unwrap();
+            s.mark_skipped(a, "k", &SkipReason::TooLarge { size: 6, max: 5 })
+                .unwrap();
         }
         let before = std::fs::read(dir.path().join("state.db")).unwrap();
         let mut s = Store::open_read_only_in(dir.path()).unwrap().unwrap();
         let a = s.find_account("alice").unwrap().unwrap();
-        assert_eq!(s.skip_reasons(a).unwrap()["k"], "larger than max_size");
+        assert_eq!(
+            s.skip_reasons(a).unwrap()["k"],
+            SkipReason::TooLarge { size: 6, max: 5 }
+        );
         assert!(s.forget(a, &["k"], 2).is_err(), "query_only");
         drop(s);
         assert_eq!(std::fs::read(dir.path().join("state.db")).unwrap(), before);

@@ -4,7 +4,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{AccountId, Store, StoreError, TargetId, decode_location, err_at};
+use super::{AccountId, SkipKind, Store, StoreError, TargetId, decode_location, err_at};
 use crate::deliver::StoredMessage;
 
 /// What [`Store::mark_seen`] did.
@@ -54,9 +54,10 @@ pub struct AccountCounts {
     pub delivered_bytes: u64,
     /// Of those, deleted from the server after storing.
     pub deleted: u64,
-    /// Live messages left on the server on purpose: (reason, count).
+    /// Live messages left on the server on purpose, counted by kind of
+    /// reason, in [`SkipKind`] order.
     #[serde(rename = "skipped_reasons")]
-    pub skipped: Vec<(String, u64)>,
+    pub skipped: Vec<(SkipKind, u64)>,
 }
 
 impl Store {
@@ -76,7 +77,7 @@ impl Store {
         {
             let mut update = tx
                 .prepare_cached(
-                    "UPDATE message SET state = 'marked', skip_reason = NULL
+                    "UPDATE message SET state = 'marked', skip_reason = NULL, skip_detail = NULL
                      WHERE account_id = ?1 AND uid = ?2 AND gone_at IS NULL
                        AND state IN ('pending', 'skipped')",
                 )
@@ -245,19 +246,27 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT COALESCE(skip_reason, ''), COUNT(*) FROM message
+                "SELECT skip_reason, COUNT(*) FROM message
                  WHERE account_id = ?1 AND gone_at IS NULL AND state = 'skipped'
-                 GROUP BY 1 ORDER BY 1",
+                 GROUP BY 1",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([account], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)? as u64))
             })
             .map_err(|e| self.err(e))?;
+        // Codes this program does not know (a newer popsync's) count as other.
+        let mut by_kind = std::collections::BTreeMap::new();
         for row in rows {
-            c.skipped.push(row.map_err(|e| self.err(e))?);
+            let (code, n) = row.map_err(|e| self.err(e))?;
+            let kind = code
+                .as_deref()
+                .and_then(SkipKind::from_code)
+                .unwrap_or(SkipKind::Other);
+            *by_kind.entry(kind).or_insert(0) += n;
         }
+        c.skipped = by_kind.into_iter().collect();
         Ok(c)
     }
 }
@@ -281,7 +290,8 @@ mod tests {
         let mut s = Store::open_in(dir.path()).unwrap();
         let a = s.account("alice", 1).unwrap();
         s.add_pending(a, &[("p", 5), ("k", 6)], 1).unwrap();
-        s.mark_skipped(a, "k", "larger than max_size").unwrap();
+        s.mark_skipped(a, "k", &crate::store::SkipReason::Desynced)
+            .unwrap();
         s.commit_delivered(
             a,
             &TargetId::Maildir("/m".into()),

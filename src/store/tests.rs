@@ -116,7 +116,14 @@ fn skipped_and_deleted_are_recorded() {
     let acct = store.account("a", 1).unwrap();
     store.add_pending(acct, &[("big", 1 << 30)], 1).unwrap();
     store
-        .mark_skipped(acct, "big", "larger than max_size")
+        .mark_skipped(
+            acct,
+            "big",
+            &SkipReason::TooLarge {
+                size: 1 << 30,
+                max: 1 << 20,
+            },
+        )
         .unwrap();
     assert_eq!(
         store.live_messages(acct).unwrap()["big"].state,
@@ -193,7 +200,10 @@ fn a_database_locked_elsewhere_is_busy_on_every_write_path() {
             store.commit_delivered(acct, &TargetId::Maildir("/m".into()), &items, 100, true),
         ),
         ("clear_journal", store.clear_journal(acct)),
-        ("mark_skipped", store.mark_skipped(acct, "u1", "why")),
+        (
+            "mark_skipped",
+            store.mark_skipped(acct, "u1", &SkipReason::Desynced),
+        ),
         ("mark_deleted", store.mark_deleted(acct, &["u1"], 100)),
         ("retire", store.retire(acct, &["u1"], 100)),
         (
@@ -329,4 +339,90 @@ fn migrations_before_target_ids() -> Vec<M<'static>> {
         M::up(include_str!("../../migrations/0002_daemon_schedule.sql")),
         M::up(include_str!("../../migrations/0003_batch_tmp_names.sql")),
     ]
+}
+
+/// A state.db as schema 4 left it, with the display texts earlier versions
+/// stored as skip reasons: the migration turns them into codes, so they
+/// read back as the reasons they were and `status` counts them by kind.
+#[test]
+fn schema_5_turns_skip_texts_into_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = state.join("state.db");
+    let texts = [
+        ("big1", "larger than max_size (5000 > 2048 bytes)"),
+        ("big2", "larger than max_size (7000 > 2048 bytes)"),
+        (
+            "long",
+            "exceeds 66560 bytes although LIST announced 10: stopped reading it",
+        ),
+        (
+            "dot",
+            "truncated by the server: data followed its end (an unstuffed lone \".\"?)",
+        ),
+        (
+            "old",
+            "received 3 of the 9 bytes LIST announced (truncated by the server?)",
+        ),
+    ];
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let mut old = migrations_before_target_ids();
+        old.push(M::up_with_hook(
+            include_str!("../../migrations/0004_target_ids.sql"),
+            encode_target_columns,
+        ));
+        Migrations::from_slice(&old).to_latest(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO account (id, name, created_at) VALUES (1, 'a', 1)",
+            [],
+        )
+        .unwrap();
+        for (uid, text) in texts {
+            conn.execute(
+                "INSERT INTO message (account_id, uid, first_seen, state, skip_reason)
+                 VALUES (1, ?1, 1, 'skipped', ?2)",
+                params![uid, text],
+            )
+            .unwrap();
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // `ls` reads an older state as it is: no migration, the same reasons.
+    let read_only = Store::open_read_only_in(&state).unwrap().unwrap();
+    let before_migration = read_only.skip_reasons(1).unwrap();
+    drop(read_only);
+    let store = Store::open(&path).unwrap();
+    let reasons = store.skip_reasons(1).unwrap();
+    assert_eq!(reasons, before_migration);
+    assert_eq!(
+        reasons["big1"],
+        SkipReason::TooLarge {
+            size: 5000,
+            max: 2048
+        }
+    );
+    assert_eq!(
+        reasons["long"],
+        SkipReason::LongerThanListed {
+            limit: 66560,
+            listed: 10
+        }
+    );
+    assert_eq!(reasons["dot"], SkipReason::Desynced);
+    assert_eq!(reasons["old"], SkipReason::Other(texts[4].1.into()));
+    for (uid, text) in texts {
+        assert_eq!(reasons[uid].to_string(), text, "shown as before");
+    }
+    assert_eq!(
+        store.account_counts(1).unwrap().skipped,
+        [
+            (SkipKind::TooLarge, 2),
+            (SkipKind::LongerThanListed, 1),
+            (SkipKind::Desynced, 1),
+            (SkipKind::Other, 1)
+        ]
+    );
 }

@@ -11,7 +11,7 @@ use crate::deliver::thread::{DeliveryThread, PendingMessage, stopped};
 use crate::deliver::{DeliverError, MessageMeta, StoredMessage};
 use crate::pop3::Command;
 use crate::session::{BodyError, Session, SessionError};
-use crate::store::{AccountId, TargetId};
+use crate::store::{AccountId, SkipReason, TargetId};
 
 use super::headers::{HeaderCapture, keep_newest};
 use super::plan::{Plan, Wanted};
@@ -339,10 +339,10 @@ impl Fetcher<'_> {
             Err(BodyError::Session(e)) => {
                 self.delivery.abort_message();
                 if matches!(e, SessionError::BodyTooLarge { .. }) {
-                    let reason = format!(
-                        "exceeds {limit} bytes although LIST announced {}: stopped reading it",
-                        want.size
-                    );
+                    let reason = SkipReason::LongerThanListed {
+                        limit,
+                        listed: want.size,
+                    };
                     self.report.warn(format!(
                         "message {} (UID {uid_shown}) {reason}; left on the server",
                         want.msg
@@ -398,10 +398,8 @@ impl Fetcher<'_> {
         let uid = want.uid.clone().unwrap_or_else(|| "-".to_string());
         if let Some(uid) = &want.uid {
             // Fetched after all others next run, so it cannot starve them.
-            let reason =
-                "truncated by the server: data followed its end (an unstuffed lone \".\"?)";
             let (store, acct) = (self.store, self.acct);
-            with_store(store, |s| s.mark_skipped(acct, uid, reason))?;
+            with_store(store, |s| s.mark_skipped(acct, uid, &SkipReason::Desynced))?;
         }
         Err(SessionError::OutOfStep { msg: want.msg, uid }.into())
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::pop3::{ListEntry, UidlEntry};
-use crate::store::{KnownMessage, MessageState};
+use crate::store::{KnownMessage, MessageState, SkipReason};
 
 const DAY: i64 = 86_400;
 
@@ -32,7 +32,7 @@ pub struct Wanted {
 pub struct Skip {
     pub msg: u32,
     pub uid: Option<String>,
-    pub reason: String,
+    pub reason: SkipReason,
     /// Whether the state should record it (it has a valid, unique UID).
     pub record: bool,
 }
@@ -103,7 +103,7 @@ pub fn plan(
                 out.skip.push(Skip {
                     msg: entry.msg,
                     uid: None,
-                    reason: format!("invalid UID ({e})"),
+                    reason: SkipReason::InvalidUid(e.to_string()),
                     record: false,
                 });
                 continue;
@@ -113,7 +113,7 @@ pub fn plan(
             out.skip.push(Skip {
                 msg: entry.msg,
                 uid: Some(uid.to_string()),
-                reason: format!("UID shared by {} messages on the server", count[uid]),
+                reason: SkipReason::SharedUid { count: count[uid] },
                 record: false,
             });
             continue;
@@ -185,7 +185,7 @@ fn push_fetch_or_skip(out: &mut Plan, msg: u32, uid: Option<&str>, size: u64, po
         Some(max) if size > max => out.skip.push(Skip {
             msg,
             uid: uid.map(str::to_string),
-            reason: format!("larger than max_size ({size} > {max} bytes)"),
+            reason: SkipReason::TooLarge { size, max },
             record: uid.is_some(),
         }),
         _ => out.fetch.push(Wanted {
@@ -308,7 +308,13 @@ mod tests {
         };
         let p = plan(Some(&u), &list(2), &HashMap::new(), policy, false).unwrap();
         assert_eq!(p.fetch.len(), 1);
-        assert!(p.skip[0].reason.contains("max_size"));
+        assert_eq!(
+            p.skip[0].reason,
+            SkipReason::TooLarge {
+                size: 200,
+                max: 150
+            }
+        );
         assert!(p.skip[0].record);
     }
 

@@ -28,6 +28,7 @@ mod runaway_helpers;
 mod security;
 mod session_scripted;
 mod shell_terminal;
+mod skip_reasons;
 mod sync_dovecot;
 mod terminal;
 mod tls_mixups;
