@@ -62,10 +62,11 @@ pub fn try_flock(path: &Path) -> io::Result<Option<File>> {
             crate::ownership::OpenRefused::Io { source, .. } => source,
             unsafe_path => io::Error::new(io::ErrorKind::PermissionDenied, unsafe_path.to_string()),
         })?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    // std's try_lock is flock(LOCK_EX | LOCK_NB) on Linux.
+    match file.try_lock() {
         Ok(()) => Ok(Some(file)),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
