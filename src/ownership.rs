@@ -28,6 +28,9 @@ pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// For `OpenOptions::custom_flags`: never open through a symlink.
+pub const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
 /// Checks an object popsync reads or writes (`meta` from fstat/lstat of it).
 pub fn check_object(what: &'static str, path: &Path, meta: &Metadata) -> Result<(), UnsafePath> {
     check_with(what, path, meta, euid())
@@ -153,11 +156,11 @@ pub fn open_private_file(
         .create(create)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(O_NOFOLLOW | rustix::fs::OFlags::CLOEXEC.bits() as i32)
         .open(path);
     let file = match file {
         Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
             let meta = std::fs::symlink_metadata(path).map_err(|source| OpenRefused::Io {
                 what,
                 path: path.to_path_buf(),

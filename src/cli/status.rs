@@ -123,12 +123,18 @@ fn row(store: &Store, name: &str) -> Result<Row, crate::store::StoreError> {
 
 /// A daemon's schedule row is stale once its process is gone.
 fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return false;
     };
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // Signal 0 only checks that the process exists; EPERM: it does, as
+    // another user's.
+    matches!(
+        rustix::process::test_kill_process(pid),
+        Ok(()) | Err(rustix::io::Errno::PERM)
+    )
 }
 
 pub fn format_time(t: i64) -> String {
@@ -222,4 +228,22 @@ fn table(rows: &[Row]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_running_process_keeps_its_schedule_row() {
+        assert!(process_alive(std::process::id()));
+        // init: alive, and another user's unless the tests run as root.
+        assert!(process_alive(1));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(gone));
+        assert!(!process_alive(0), "not a process: the caller's group");
+        assert!(!process_alive(u32::MAX));
+    }
 }

@@ -1006,7 +1006,7 @@ mod tests {
         fs::set_permissions(ro.join("new"), fs::Permissions::from_mode(0o500)).unwrap();
         let res = Maildir::open(&ro);
         fs::set_permissions(ro.join("new"), fs::Permissions::from_mode(0o700)).unwrap();
-        if unsafe { libc::geteuid() } != 0 {
+        if crate::ownership::euid() != 0 {
             let err = res.err().unwrap().to_string();
             assert!(err.contains("new"), "{err}");
         }

@@ -933,10 +933,14 @@ fn asctime_utc(when: SystemTime) -> String {
 /// they conflict with classic fcntl locks of other programs, but also with
 /// a second descriptor in this process, and closing some other descriptor
 /// of the file does not drop them. `Ok(false)` if another holder has it.
-// Stays unsafe: rustix's fcntl_lock takes process-associated F_SETLK
-// locks, and we need open-file-description locks (F_OFD_SETLK) so two
-// descriptors in one process exclude each other.
+// Stays unsafe: rustix 1.1's fcntl_lock issues classic F_SETLK/F_SETLKW
+// (process-associated: a second target on the same mbox in this process,
+// e.g. two daemon accounts, would get the lock too, and closing any other
+// descriptor of the file would drop it), and rustix has no F_OFD_SETLK.
+// OFD locks still conflict with the classic fcntl/lockf locks of mutt and
+// procmail (`locked_by_other_process` below holds one from python's lockf).
 fn fcntl_lock(file: &File, kind: libc::c_short) -> io::Result<bool> {
+    // SAFETY: `flock` is plain data; all-zero is a valid value of it.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
@@ -944,6 +948,8 @@ fn fcntl_lock(file: &File, kind: libc::c_short) -> io::Result<bool> {
     let cmd = libc::F_OFD_SETLK;
     #[cfg(not(target_os = "linux"))]
     let cmd = libc::F_SETLK;
+    // SAFETY: a descriptor `file` keeps open, and a pointer to a live
+    // `flock` that F_(OFD_)SETLK only reads.
     match cvt_retry(|| unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) }) {
         Ok(_) => Ok(true),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
@@ -1403,5 +1409,25 @@ mod tests {
         assert!(path.is_file());
         let mode = fs::metadata(td.path().join("Mail/sub")).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    /// Why the lock is an OFD lock: a second descriptor in this process is
+    /// refused, and closing some other descriptor of the file keeps it.
+    #[test]
+    fn the_fcntl_lock_belongs_to_its_descriptor() {
+        let td = tempfile::tempdir().unwrap();
+        let path = td.path().join("mbox");
+        let first = File::create(&path).unwrap();
+        let second = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let (lock, unlock) = (
+            libc::F_WRLCK as libc::c_short,
+            libc::F_UNLCK as libc::c_short,
+        );
+        assert!(fcntl_lock(&first, lock).unwrap());
+        assert!(!fcntl_lock(&second, lock).unwrap());
+        drop(File::open(&path).unwrap());
+        assert!(!fcntl_lock(&second, lock).unwrap(), "still held");
+        assert!(fcntl_lock(&first, unlock).unwrap());
+        assert!(fcntl_lock(&second, lock).unwrap());
     }
 }

@@ -1,6 +1,6 @@
 //! Delivery through an external MDA (`sh -c COMMAND`, message on stdin).
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -83,14 +83,7 @@ impl Mda {
                 Ok(n) => data = &data[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut pfd = libc::pollfd {
-                        fd: stdin.as_raw_fd(),
-                        events: libc::POLLOUT,
-                        revents: 0,
-                    };
-                    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-                    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-                    if r == 0 {
+                    if !wait_writable(stdin, timeout) {
                         let mut run = self.current.take().expect("checked above");
                         Self::kill(&mut run);
                         return Err(self.err(format!(
@@ -162,13 +155,14 @@ impl Target for Mda {
             .spawn()
             .map_err(|e| self.err(format!("could not start: {e}")))?;
         let stdin = child.stdin.take();
-        if let Some(s) = &stdin {
-            // Non-blocking, so a stalled MDA cannot hang us past the timeout.
-            let fd = s.as_raw_fd();
-            unsafe {
-                let fl = libc::fcntl(fd, libc::F_GETFL);
-                libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-            }
+        // Non-blocking, so a stalled MDA cannot hang us past the timeout.
+        if let Some(s) = &stdin
+            && let Err(e) = set_nonblocking(s)
+        {
+            crate::helpers::GroupGuard::new(child.id()).kill();
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(self.err(format!("could not make its input non-blocking: {e}")));
         }
         let (tx, rx) = mpsc::channel();
         if let Some(mut err) = child.stderr.take() {
@@ -281,6 +275,21 @@ impl Target for Mda {
         self.abort_message();
         Ok(())
     }
+}
+
+fn set_nonblocking(fd: impl AsFd) -> rustix::io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(&fd)?;
+    rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)
+}
+
+/// Waits up to `timeout` for room in the pipe; `false` when none came.
+/// An interrupted or failed poll counts as room: the write that follows
+/// tells which it was.
+fn wait_writable(fd: impl AsFd, timeout: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let timeout = Timespec::try_from(timeout).ok();
+    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+    !matches!(rustix::event::poll(&mut fds, timeout.as_ref()), Ok(0))
 }
 
 #[cfg(test)]

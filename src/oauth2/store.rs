@@ -183,7 +183,7 @@ impl TokenStore {
     pub fn load(&self) -> Result<Option<Tokens>, OAuth2Error> {
         let mut file = match OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(crate::ownership::O_NOFOLLOW)
             .open(&self.path)
         {
             Ok(f) => f,
@@ -191,8 +191,7 @@ impl TokenStore {
             Err(e) => return Err(self.fail(e)),
         };
         let meta = file.metadata().map_err(|e| self.fail(e))?;
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = crate::ownership::euid();
         if meta.uid() != euid {
             return Err(self.fail(format!(
                 "owned by uid {}, not by you (uid {euid}); remove it and run `popsync login {}`",
@@ -270,7 +269,7 @@ impl TokenStore {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(crate::ownership::O_NOFOLLOW)
             .open(&tmp)
             .map_err(|e| self.fail(format!("create {}: {e}", tmp.display())))?;
         let written = file
