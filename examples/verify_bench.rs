@@ -5,6 +5,7 @@
 //!
 //!     cargo run --release --example verify_bench [N] [DIR]
 
+use std::io::Write;
 use std::time::Instant;
 
 use popsync::deliver::{MessageMeta, Target, maildir::Maildir};
@@ -25,16 +26,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let body = "a line of about sixty-four characters of message body text...\n".repeat(64);
     for chunk in (0..n).collect::<Vec<_>>().chunks(4096) {
-        md.begin_batch()?;
+        let mut batch = md.batch()?;
         let mut stored = Vec::new();
         for i in chunk {
-            md.begin_message(&MessageMeta::default())?;
-            md.write(format!("Subject: message {i}\n\n").as_bytes())?;
-            md.write(body.as_bytes())?;
-            stored.push((format!("uid{i}"), md.end_message()?));
+            let mut message = batch.message(&MessageMeta::default())?;
+            message.write_all(format!("Subject: message {i}\n\n").as_bytes())?;
+            message.write_all(body.as_bytes())?;
+            stored.push((format!("uid{i}"), message.finish()?));
         }
-        md.sync_batch()?;
-        md.publish_batch()?;
+        batch.sync()?.publish()?;
         let items: Vec<(&str, &_)> = stored.iter().map(|(u, s)| (u.as_str(), s)).collect();
         store.commit_delivered(acct, &TargetId::Maildir(root.clone()), &items, 2, false)?;
     }

@@ -404,22 +404,21 @@ mod tests {
     use crate::deliver::{MessageMeta, Target, maildir::Maildir, mbox::Mbox};
 
     fn deliver(target: &mut dyn Target, id: TargetId, msgs: &[&[u8]]) -> Vec<DeliveryRecord> {
-        target.begin_batch().unwrap();
+        let mut batch = target.batch().unwrap();
         let mut out = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
-            target.begin_message(&MessageMeta::default()).unwrap();
-            target.write(m).unwrap();
+            let mut message = batch.message(&MessageMeta::default()).unwrap();
+            std::io::Write::write_all(&mut message, m).unwrap();
             out.push(DeliveryRecord {
                 uid: format!("u{i}"),
                 target: id.clone(),
-                stored: target.end_message().unwrap(),
+                stored: message.finish().unwrap(),
                 delivered_at: 1,
                 deleted_at: None,
                 gone_at: None,
             });
         }
-        target.sync_batch().unwrap();
-        target.publish_batch().unwrap();
+        batch.sync().unwrap().publish().unwrap();
         out
     }
 

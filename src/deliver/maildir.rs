@@ -19,8 +19,14 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
 use super::util::io_err;
-use super::{BatchMark, DeliverError, Location, MessageMeta, StoredMessage, Target};
+use super::{
+    Batch, BatchToken, DeliverError, DurableBatch, Location, Message, MessageMeta, StoredMessage,
+    Target,
+};
 use crate::ownership::{self, UnsafePath};
+
+/// The kind of this target's batch tokens: `maildir:PREFIX`.
+pub(crate) const TOKEN_KIND: &str = "maildir";
 
 /// Per-process counter for the `Q<n>` part of unique names.
 static DELIVERY_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -45,16 +51,26 @@ pub struct Maildir {
     new_dir: OwnedFd,
     cur_dir: OwnedFd,
     host: String,
-    /// `tmp/` opened at `begin_batch`: `syncfs` reports writeback errors of
-    /// the filesystem since this descriptor was opened (Linux >= 5.8).
-    batch_dir: Option<OwnedFd>,
+}
+
+/// A batch in progress. Its files are named `PREFIX<n>.<host>`; the prefix
+/// is journaled, so recovery can tell them from anything else in `tmp/`.
+struct MaildirBatch<'a> {
+    md: &'a Maildir,
+    /// `tmp/` opened at the batch's start: `syncfs` reports writeback errors
+    /// of the filesystem since this descriptor was opened (Linux >= 5.8).
+    dir: OwnedFd,
     /// This batch's filesystem reports writeback errors to `syncfs`.
-    batch_syncfs: bool,
-    /// The journaled prefix of this batch's file names.
-    batch_prefix: Option<String>,
-    batch: Vec<Entry>,
-    current: Option<Current>,
-    synced: bool,
+    syncfs: bool,
+    prefix: String,
+    files: TmpFiles<'a>,
+}
+
+/// The finished, unpublished messages of a batch: removed from `tmp/` when
+/// dropped, unless `publish` took them.
+struct TmpFiles<'a> {
+    md: &'a Maildir,
+    entries: Vec<Entry>,
 }
 
 struct Entry {
@@ -63,15 +79,51 @@ struct Entry {
     /// closed early once the batch is bound to end with one `syncfs`.
     file: Option<File>,
     needs_sync: bool,
-    published: bool,
 }
 
-struct Current {
-    name: String,
+/// A message being written into `tmp/`.
+struct MaildirMessage<'b, 'a> {
+    batch: &'b mut MaildirBatch<'a>,
+    tmp: TmpFile<'a>,
     path: PathBuf,
     writer: BufWriter<File>,
     hasher: Sha256,
     size: u64,
+}
+
+/// The `tmp/` file of an unfinished message: removed when dropped, unless
+/// kept.
+struct TmpFile<'a> {
+    md: &'a Maildir,
+    /// Empty once kept.
+    name: String,
+}
+
+impl TmpFile<'_> {
+    fn keep(mut self) -> String {
+        std::mem::take(&mut self.name)
+    }
+}
+
+impl Drop for TmpFile<'_> {
+    fn drop(&mut self) {
+        if !self.name.is_empty()
+            && let Err(e) = self.md.remove_tmp(&self.name)
+        {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+impl Drop for TmpFiles<'_> {
+    fn drop(&mut self) {
+        for entry in self.entries.drain(..) {
+            drop(entry.file);
+            if let Err(e) = self.md.remove_tmp(&entry.name) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
 }
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -172,12 +224,6 @@ impl Maildir {
             new_dir,
             cur_dir,
             host: sanitized_hostname(),
-            batch_dir: None,
-            batch_syncfs: false,
-            batch_prefix: None,
-            batch: Vec::new(),
-            current: None,
-            synced: true,
         })
     }
 
@@ -215,70 +261,6 @@ impl Maildir {
             now.subsec_micros(),
             std::process::id()
         )
-    }
-
-    fn next_name(&self) -> String {
-        let prefix = match &self.batch_prefix {
-            Some(p) => p.clone(),
-            None => Self::new_prefix(),
-        };
-        let n = DELIVERY_COUNTER.fetch_add(1, Ordering::Relaxed);
-        format!("{prefix}Q{n}.{}", self.host)
-    }
-
-    fn fail_if_batch_open(&self) -> Result<(), DeliverError> {
-        if self.current.is_some() || self.batch.iter().any(|e| !e.published) {
-            return Err(DeliverError::Other(format!(
-                "{}: begin_batch while a batch is still unpublished",
-                self.target()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Makes every unsynced file of the batch durable.
-    fn sync_files(&mut self) -> Result<(), DeliverError> {
-        let target = self.target();
-        let unsynced: Vec<usize> = (0..self.batch.len())
-            .filter(|&i| self.batch[i].needs_sync)
-            .collect();
-        if unsynced.is_empty() {
-            return Ok(());
-        }
-        if unsynced.len() > SYNCFS_MIN_FILES
-            && self.batch_syncfs
-            && let Some(dir) = &self.batch_dir
-        {
-            // One flush of the filesystem instead of one journal commit
-            // per file; errors since `begin_batch` are reported here.
-            rustix::fs::syncfs(dir).map_err(|e| io_err(&target, "syncfs", &self.tmp, e.into()))?;
-            for &i in &unsynced {
-                self.batch[i].file = None;
-                self.batch[i].needs_sync = false;
-            }
-            return Ok(());
-        }
-        // Start writeback of all files first so the fsyncs below overlap.
-        #[cfg(target_os = "linux")]
-        for &i in &unsynced {
-            if let Some(f) = &self.batch[i].file {
-                start_writeback(f);
-            }
-        }
-        for &i in &unsynced {
-            let path = self.tmp.join(&self.batch[i].name);
-            // Files are closed early only when the batch ends in a syncfs;
-            // should one be closed anyway, reopening still flushes its pages.
-            let f = match self.batch[i].file.take() {
-                Some(f) => f,
-                None => open_file_at(&self.tmp_dir, &self.batch[i].name)
-                    .map_err(|e| io_err(&target, "open", &path, e))?,
-            };
-            f.sync_all()
-                .map_err(|e| io_err(&target, "fsync", &path, e))?;
-            self.batch[i].needs_sync = false;
-        }
-        Ok(())
     }
 
     fn remove_tmp(&self, name: &str) -> Result<(), DeliverError> {
@@ -338,7 +320,7 @@ impl Target for Maildir {
 
     fn recover(
         &mut self,
-        mark: Option<BatchMark>,
+        token: Option<&BatchToken>,
         pending: &[StoredMessage],
     ) -> Result<Vec<bool>, DeliverError> {
         let target = self.target();
@@ -443,163 +425,77 @@ impl Target for Maildir {
             rustix::fs::fsync(&self.new_dir)
                 .map_err(|e| io_err(&target, "fsync directory", &self.new, e.into()))?;
         }
-        if let Some(prefix) = mark.and_then(|m| m.tmp_prefix)
-            && valid_name(&prefix)
+        if let Some(prefix) = token.and_then(|t| t.value(TOKEN_KIND))
+            && valid_name(prefix)
         {
-            self.clean_batch_tmp(&prefix, &names)?;
+            self.clean_batch_tmp(prefix, &names)?;
         }
         Ok(out)
     }
 
-    fn begin_batch(&mut self) -> Result<BatchMark, DeliverError> {
-        self.fail_if_batch_open()?;
-        self.batch.clear();
+    fn batch(&mut self) -> Result<Box<dyn Batch<'_> + '_>, DeliverError> {
         let dir = rustix::fs::openat(&self.tmp_dir, ".", DIR_FLAGS, Mode::empty())
             .map_err(|e| io_err(&self.target(), "open", &self.tmp, e.into()))?;
-        self.batch_syncfs = syncfs_is_reliable(&dir);
-        self.batch_dir = Some(dir);
-        self.synced = true;
-        let prefix = Self::new_prefix();
-        self.batch_prefix = Some(prefix.clone());
-        Ok(BatchMark {
-            mbox_length: None,
-            tmp_prefix: Some(prefix),
-        })
+        Ok(Box::new(MaildirBatch {
+            md: self,
+            syncfs: syncfs_is_reliable(&dir),
+            dir,
+            prefix: Self::new_prefix(),
+            files: TmpFiles {
+                md: self,
+                entries: Vec::new(),
+            },
+        }))
+    }
+}
+
+impl<'a> Batch<'a> for MaildirBatch<'a> {
+    fn token(&self) -> Option<BatchToken> {
+        Some(BatchToken::new(TOKEN_KIND, &self.prefix))
     }
 
-    fn begin_message(&mut self, meta: &MessageMeta) -> Result<(), DeliverError> {
-        if self.current.is_some() {
-            self.abort_message();
-        }
-        let name = self.next_name();
-        let path = self.tmp.join(&name);
+    fn message(&mut self, meta: &MessageMeta) -> Result<Box<dyn Message + '_>, DeliverError> {
+        let md = self.md;
+        let n = DELIVERY_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}Q{n}.{}", self.prefix, md.host);
+        let path = md.tmp.join(&name);
         let fd = rustix::fs::openat(
-            &self.tmp_dir,
+            &md.tmp_dir,
             name.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
         )
-        .map_err(|e| io_err(&self.target(), "create", &path, e.into()))?;
-        self.synced = false;
-        self.current = Some(Current {
-            name,
+        .map_err(|e| io_err(&md.target(), "create", &path, e.into()))?;
+        let mut message = MaildirMessage {
+            batch: self,
+            tmp: TmpFile { md, name },
             path,
             writer: BufWriter::with_capacity(BUF_SIZE, File::from(fd)),
             hasher: Sha256::new(),
             size: 0,
-        });
+        };
         if let Some(h) = &meta.received_header {
-            self.write(h)?;
+            message.write_all(h).map_err(DeliverError::from_write)?;
         }
-        Ok(())
+        Ok(Box::new(message))
     }
 
-    fn write(&mut self, chunk: &[u8]) -> Result<(), DeliverError> {
-        let target = self.target();
-        let cur = self
-            .current
-            .as_mut()
-            .ok_or_else(|| DeliverError::Other(format!("{target}: write without begin_message")))?;
-        match cur.writer.write_all(chunk) {
-            Ok(()) => {
-                cur.hasher.update(chunk);
-                cur.size += chunk.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                let err = io_err(&target, "write", &cur.path, e);
-                self.abort_message();
-                Err(err)
-            }
-        }
-    }
-
-    fn end_message(&mut self) -> Result<StoredMessage, DeliverError> {
-        let target = self.target();
-        let cur = self.current.take().ok_or_else(|| {
-            DeliverError::Other(format!("{target}: end_message without begin_message"))
-        })?;
-        let Current {
-            name,
-            path,
-            writer,
-            hasher,
-            size,
-        } = cur;
-        let file = match writer.into_inner() {
-            Ok(f) => f,
-            Err(e) => {
-                let err = io_err(&target, "write", &path, e.into_error());
-                let _ = self.remove_tmp(&name);
-                return Err(err);
-            }
-        };
-        let mut entry = Entry {
-            name: name.clone(),
-            file: Some(file),
-            needs_sync: true,
-            published: false,
-        };
-        let unsynced = self.batch.iter().filter(|e| e.needs_sync).count();
-        if self.batch_syncfs && unsynced >= SYNCFS_MIN_FILES {
-            // The batch now ends in one syncfs, which reports writeback
-            // errors through the `tmp/` descriptor opened at begin_batch:
-            // no need to hold (or fsync) this file.
-            entry.file = None;
-        } else if unsynced >= MAX_OPEN_FILES
-            && let Some(f) = entry.file.take()
-        {
-            if let Err(e) = f.sync_all() {
-                let _ = self.remove_tmp(&name);
-                return Err(io_err(&target, "fsync", &path, e));
-            }
-            entry.needs_sync = false;
-        }
-        self.batch.push(entry);
-        Ok(StoredMessage {
-            location: Location::Maildir { name },
-            size,
-            sha256: hasher.finalize().into(),
-        })
-    }
-
-    fn abort_message(&mut self) {
-        if let Some(cur) = self.current.take() {
-            drop(cur.writer);
-            if let Err(e) = self.remove_tmp(&cur.name) {
-                tracing::warn!("{e}");
-            }
-        }
-    }
-
-    fn sync_batch(&mut self) -> Result<(), DeliverError> {
-        if self.current.is_some() {
-            return Err(DeliverError::Other(format!(
-                "{}: sync_batch with a message still open",
-                self.target()
-            )));
-        }
+    fn sync(mut self: Box<Self>) -> Result<Box<dyn DurableBatch + 'a>, DeliverError> {
         self.sync_files()?;
-        self.synced = true;
-        Ok(())
+        Ok(self)
     }
+}
 
-    fn publish_batch(&mut self) -> Result<(), DeliverError> {
-        if !self.synced {
-            // Never make a message visible before it is durable.
-            self.sync_batch()?;
-        }
+impl DurableBatch for MaildirBatch<'_> {
+    fn publish(mut self: Box<Self>) -> Result<(), DeliverError> {
+        // Journaled now: what is not published stays for recovery.
+        let entries = std::mem::take(&mut self.files.entries);
+        let md = self.md;
         let mut first_err = None;
         let mut linked = false;
-        for i in 0..self.batch.len() {
-            if self.batch[i].published {
-                continue;
-            }
-            match self.link_into_new(&self.batch[i].name) {
-                Ok(()) => {
-                    self.batch[i].published = true;
-                    linked = true;
-                }
+        for entry in &entries {
+            match md.link_into_new(&entry.name) {
+                Ok(()) => linked = true,
                 Err(e) => {
                     first_err = Some(e);
                     break;
@@ -608,35 +504,118 @@ impl Target for Maildir {
         }
         // Even after a failure, make the links already done durable.
         if linked {
-            rustix::fs::fsync(&self.new_dir)
-                .map_err(|e| io_err(&self.target(), "fsync directory", &self.new, e.into()))?;
+            rustix::fs::fsync(&md.new_dir)
+                .map_err(|e| io_err(&md.target(), "fsync directory", &md.new, e.into()))?;
         }
-        if let Some(e) = first_err {
-            return Err(e);
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl MaildirBatch<'_> {
+    /// Makes every unsynced file of the batch durable.
+    fn sync_files(&mut self) -> Result<(), DeliverError> {
+        let md = self.md;
+        let target = md.target();
+        let entries = &mut self.files.entries;
+        let unsynced: Vec<usize> = (0..entries.len())
+            .filter(|&i| entries[i].needs_sync)
+            .collect();
+        if unsynced.is_empty() {
+            return Ok(());
         }
-        self.batch.clear();
-        self.batch_dir = None;
-        self.batch_prefix = None;
+        if unsynced.len() > SYNCFS_MIN_FILES && self.syncfs {
+            // One flush of the filesystem instead of one journal commit
+            // per file; errors since the batch began are reported here.
+            rustix::fs::syncfs(&self.dir)
+                .map_err(|e| io_err(&target, "syncfs", &md.tmp, e.into()))?;
+            for &i in &unsynced {
+                entries[i].file = None;
+                entries[i].needs_sync = false;
+            }
+            return Ok(());
+        }
+        // Start writeback of all files first so the fsyncs below overlap.
+        #[cfg(target_os = "linux")]
+        for &i in &unsynced {
+            if let Some(f) = &entries[i].file {
+                start_writeback(f);
+            }
+        }
+        for &i in &unsynced {
+            let path = md.tmp.join(&entries[i].name);
+            // Files are closed early only when the batch ends in a syncfs;
+            // should one be closed anyway, reopening still flushes its pages.
+            let f = match entries[i].file.take() {
+                Some(f) => f,
+                None => open_file_at(&md.tmp_dir, &entries[i].name)
+                    .map_err(|e| io_err(&target, "open", &path, e))?,
+            };
+            f.sync_all()
+                .map_err(|e| io_err(&target, "fsync", &path, e))?;
+            entries[i].needs_sync = false;
+        }
         Ok(())
     }
+}
 
-    fn abort_batch(&mut self) -> Result<(), DeliverError> {
-        self.abort_message();
-        let mut first_err = None;
-        for e in std::mem::take(&mut self.batch) {
-            if e.published {
-                continue;
-            }
-            drop(e.file);
-            if let Err(err) = self.remove_tmp(&e.name) {
-                first_err.get_or_insert(err);
-            }
+impl Write for MaildirMessage<'_, '_> {
+    fn write(&mut self, chunk: &[u8]) -> io::Result<usize> {
+        self.writer
+            .write_all(chunk)
+            .map_err(|e| io_err(&self.batch.md.target(), "write", &self.path, e).into_io())?;
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        Ok(chunk.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer
+            .flush()
+            .map_err(|e| io_err(&self.batch.md.target(), "write", &self.path, e).into_io())
+    }
+}
+
+impl Message for MaildirMessage<'_, '_> {
+    fn finish(self: Box<Self>) -> Result<StoredMessage, DeliverError> {
+        // On an early return `tmp` is dropped: the file is removed.
+        let MaildirMessage {
+            batch,
+            tmp,
+            path,
+            writer,
+            hasher,
+            size,
+        } = *self;
+        let target = batch.md.target();
+        let file = writer
+            .into_inner()
+            .map_err(|e| io_err(&target, "write", &path, e.into_error()))?;
+        let mut entry = Entry {
+            name: String::new(),
+            file: Some(file),
+            needs_sync: true,
+        };
+        let unsynced = batch.files.entries.iter().filter(|e| e.needs_sync).count();
+        if batch.syncfs && unsynced >= SYNCFS_MIN_FILES {
+            // The batch now ends in one syncfs, which reports writeback
+            // errors through the `tmp/` descriptor opened at its start:
+            // no need to hold (or fsync) this file.
+            entry.file = None;
+        } else if unsynced >= MAX_OPEN_FILES
+            && let Some(f) = entry.file.take()
+        {
+            f.sync_all()
+                .map_err(|e| io_err(&target, "fsync", &path, e))?;
+            entry.needs_sync = false;
         }
-        self.batch_dir = None;
-        self.batch_prefix = None;
-        self.batch_syncfs = false;
-        self.synced = true;
-        first_err.map_or(Ok(()), Err)
+        entry.name = tmp.keep();
+        let name = entry.name.clone();
+        batch.files.entries.push(entry);
+        Ok(StoredMessage {
+            location: Location::Maildir { name },
+            size,
+            sha256: hasher.finalize().into(),
+        })
     }
 }
 
@@ -890,16 +869,30 @@ mod tests {
         Sha256::digest(b).into()
     }
 
-    fn deliver(md: &mut Maildir, msgs: &[&[u8]]) -> Vec<StoredMessage> {
+    fn deliver(batch: &mut dyn Batch<'_>, msgs: &[&[u8]]) -> Vec<StoredMessage> {
         msgs.iter()
             .map(|m| {
-                md.begin_message(&MessageMeta::default()).unwrap();
+                let mut message = batch.message(&MessageMeta::default()).unwrap();
                 for c in m.chunks(3) {
-                    md.write(c).unwrap();
+                    message.write_all(c).unwrap();
                 }
-                md.end_message().unwrap()
+                message.finish().unwrap()
             })
             .collect()
+    }
+
+    /// A crash: the batch's Drop never runs.
+    fn crash<T>(batch: T) {
+        std::mem::forget(batch);
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
     }
 
     fn name_of(s: &StoredMessage) -> String {
@@ -927,22 +920,23 @@ mod tests {
             .map(|i| [format!("Subject: {i}\n\nbody \0").as_bytes(), b"\xff\n"].concat())
             .collect();
         let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
-        let mark = md.begin_batch().unwrap();
-        assert_eq!(mark.mbox_length, None);
-        let prefix = mark.tmp_prefix.unwrap();
-        md.begin_message(&MessageMeta {
-            received_header: Some(b"Received: by popsync\n".to_vec()),
-        })
-        .unwrap();
-        md.write(b"X: y\n\nhi\n").unwrap();
-        let first = md.end_message().unwrap();
+        let mut batch = md.batch().unwrap();
+        let token = batch.token().unwrap();
+        let prefix = token.value(TOKEN_KIND).unwrap().to_string();
+        let mut message = batch
+            .message(&MessageMeta {
+                received_header: Some(b"Received: by popsync\n".to_vec()),
+            })
+            .unwrap();
+        message.write_all(b"X: y\n\nhi\n").unwrap();
+        let first = message.finish().unwrap();
         assert_eq!(first.sha256, sha(b"Received: by popsync\nX: y\n\nhi\n"));
         let mut stored = vec![first];
-        stored.extend(deliver(&mut md, &refs));
-        md.sync_batch().unwrap();
+        stored.extend(deliver(batch.as_mut(), &refs));
+        let batch = batch.sync().unwrap();
         assert_eq!(count(&root.join("new")), 0, "invisible before publish");
         assert_eq!(count(&root.join("tmp")), 7);
-        md.publish_batch().unwrap();
+        batch.publish().unwrap();
         assert_eq!(count(&root.join("tmp")), 0);
         assert_eq!(count(&root.join("new")), 7);
         let mut names = HashSet::new();
@@ -963,10 +957,9 @@ mod tests {
             assert_eq!(md.find(&name), Some(p));
         }
         // A small batch takes the per-file fsync path.
-        md.begin_batch().unwrap();
-        let s = deliver(&mut md, &[b"one\n"]);
-        md.sync_batch().unwrap();
-        md.publish_batch().unwrap();
+        let mut batch = md.batch().unwrap();
+        let s = deliver(batch.as_mut(), &[b"one\n"]);
+        batch.sync().unwrap().publish().unwrap();
         assert_eq!(
             fs::read(root.join("new").join(name_of(&s[0]))).unwrap(),
             b"one\n"
@@ -974,24 +967,71 @@ mod tests {
     }
 
     #[test]
-    fn abort_leaves_no_trace() {
+    fn a_dropped_message_leaves_no_tmp_file() {
         let td = tempfile::tempdir().unwrap();
         let mut md = Maildir::open(td.path()).unwrap();
-        md.begin_batch().unwrap();
-        deliver(&mut md, &[b"a\n", b"b\n"]);
-        md.begin_message(&MessageMeta::default()).unwrap();
-        md.write(b"half").unwrap();
-        md.abort_message();
-        md.begin_message(&MessageMeta::default()).unwrap();
-        md.write(b"half again").unwrap();
-        md.sync_batch().unwrap_err(); // a message is still open
-        md.abort_batch().unwrap();
-        for d in ["cur", "new", "tmp"] {
+        let mut batch = md.batch().unwrap();
+        let kept = deliver(batch.as_mut(), &[b"a\n"]);
+        let mut message = batch.message(&MessageMeta::default()).unwrap();
+        message.write_all(&vec![b'x'; 3 * BUF_SIZE]).unwrap(); // partly on disk
+        assert_eq!(count(&td.path().join("tmp")), 2);
+        drop(message);
+        assert_eq!(names_in(&td.path().join("tmp")), [name_of(&kept[0])]);
+        // The batch goes on without it.
+        let more = deliver(batch.as_mut(), &[b"b\n"]);
+        batch.sync().unwrap().publish().unwrap();
+        let mut want = vec![name_of(&kept[0]), name_of(&more[0])];
+        want.sort();
+        assert_eq!(names_in(&td.path().join("new")), want);
+        assert_eq!(count(&td.path().join("tmp")), 0);
+    }
+
+    #[test]
+    fn a_dropped_batch_removes_its_files_and_nothing_else() {
+        let td = tempfile::tempdir().unwrap();
+        let mut md = Maildir::open(td.path()).unwrap();
+        let tmp = td.path().join("tmp");
+        // Another deliverer's file in tmp/, and one named like ours.
+        fs::write(tmp.join("1.M1P1Q1.other"), b"not ours").unwrap();
+        let mut batch = md.batch().unwrap();
+        deliver(batch.as_mut(), &[b"a\n", b"b\n"]);
+        let mut open = batch.message(&MessageMeta::default()).unwrap();
+        open.write_all(b"half").unwrap();
+        drop(open);
+        deliver(batch.as_mut(), &[b"c\n"]);
+        assert_eq!(count(&tmp), 4);
+        drop(batch);
+        assert_eq!(names_in(&tmp), ["1.M1P1Q1.other"]);
+        for d in ["cur", "new"] {
             assert_eq!(count(&td.path().join(d)), 0, "{d}");
         }
+        // A durable batch dropped unpublished is undone the same way.
+        let mut batch = md.batch().unwrap();
+        deliver(batch.as_mut(), &[b"d\n"]);
+        drop(batch.sync().unwrap());
+        assert_eq!(names_in(&tmp), ["1.M1P1Q1.other"]);
+        assert_eq!(count(&td.path().join("new")), 0);
         // The target is usable again.
-        md.begin_batch().unwrap();
-        md.abort_batch().unwrap();
+        let mut batch = md.batch().unwrap();
+        deliver(batch.as_mut(), &[b"e\n"]);
+        batch.sync().unwrap().publish().unwrap();
+        assert_eq!(count(&td.path().join("new")), 1);
+    }
+
+    #[test]
+    fn the_token_names_the_prefix_and_a_foreign_token_is_ignored() {
+        let td = tempfile::tempdir().unwrap();
+        let mut md = Maildir::open(td.path()).unwrap();
+        let batch = md.batch().unwrap();
+        let token = batch.token().unwrap();
+        assert!(token.as_str().starts_with("maildir:"), "{token:?}");
+        crash(batch);
+        fs::write(td.path().join("tmp/x"), b"x").unwrap();
+        let foreign = BatchToken::from_journal("mbox:12".into());
+        assert_eq!(md.recover(Some(&foreign), &[]).unwrap(), Vec::<bool>::new());
+        let escape = BatchToken::from_journal("maildir:../x".into());
+        md.recover(Some(&escape), &[]).unwrap();
+        assert!(td.path().join("tmp/x").exists());
     }
 
     #[test]
@@ -1017,13 +1057,12 @@ mod tests {
         let td = tempfile::tempdir().unwrap();
         let root = td.path();
         let mut md = Maildir::open(root).unwrap();
-        md.begin_batch().unwrap();
+        let mut batch = md.batch().unwrap();
         let s = deliver(
-            &mut md,
+            batch.as_mut(),
             &[b"published\n", b"moved\n", b"altered\n", b"moved2\n"],
         );
-        md.sync_batch().unwrap();
-        md.publish_batch().unwrap();
+        batch.sync().unwrap().publish().unwrap();
         // A reader moved two to cur/, one with flags, one without info.
         let n1 = name_of(&s[1]);
         fs::rename(
@@ -1037,13 +1076,13 @@ mod tests {
 
         // A batch interrupted before publish: one intact, one torn in tmp/,
         // one written but not yet journaled (crash before the intent rows).
-        let mark = md.begin_batch().unwrap();
+        let mut batch = md.batch().unwrap();
+        let token = batch.token();
         let t = deliver(
-            &mut md,
+            batch.as_mut(),
             &[b"intact in tmp\n", b"torn in tmp\n", b"unjournaled\n"],
         );
-        md.sync_batch().unwrap();
-        md.batch.clear(); // simulate the crash: forget the batch
+        crash(batch.sync().unwrap());
         let torn = root.join("tmp").join(name_of(&t[1]));
         fs::write(&torn, b"torn").unwrap();
         let unjournaled = root.join("tmp").join(name_of(&t[2]));
@@ -1073,7 +1112,7 @@ mod tests {
             size: 0,
             sha256: sha(b""),
         });
-        let r = md.recover(Some(mark), &pending).unwrap();
+        let r = md.recover(token.as_ref(), &pending).unwrap();
         assert_eq!(r, vec![true, true, false, true, true, false, false]);
         assert!(
             !unjournaled.exists(),
@@ -1106,12 +1145,11 @@ mod tests {
         let td = tempfile::tempdir().unwrap();
         let root = td.path();
         let mut md = Maildir::open(root).unwrap();
-        md.begin_batch().unwrap();
-        let s = deliver(&mut md, &[b"m\n"]);
-        md.sync_batch().unwrap();
+        let mut batch = md.batch().unwrap();
+        let s = deliver(batch.as_mut(), &[b"m\n"]);
+        crash(batch.sync().unwrap());
         let n = name_of(&s[0]);
         fs::hard_link(root.join("tmp").join(&n), root.join("new").join(&n)).unwrap();
-        md.batch.clear();
         assert_eq!(md.recover(None, &s).unwrap(), vec![true]);
         assert!(!root.join("tmp").join(&n).exists());
         assert_eq!(fs::read(root.join("new").join(&n)).unwrap(), b"m\n");
@@ -1122,18 +1160,15 @@ mod tests {
         let td = tempfile::tempdir().unwrap();
         let root = td.path();
         let mut md = Maildir::open(root).unwrap();
-        md.begin_batch().unwrap();
-        let s = deliver(&mut md, &[b"mine\n"]);
-        md.sync_batch().unwrap();
+        let mut batch = md.batch().unwrap();
+        let s = deliver(batch.as_mut(), &[b"mine\n"]);
+        let batch = batch.sync().unwrap();
         let n = name_of(&s[0]);
         fs::write(root.join("new").join(&n), b"someone else\n").unwrap();
-        let err = md.publish_batch().unwrap_err().to_string();
+        let err = batch.publish().unwrap_err().to_string();
         assert!(err.contains("link into new/"), "{err}");
-        assert_eq!(
-            fs::read(root.join("new").join(&n)).unwrap(),
-            b"someone else\n"
-        );
-        md.abort_batch().unwrap();
+        // Journaled by then: ours stays in tmp/ for recovery to judge.
+        assert_eq!(fs::read(root.join("tmp").join(&n)).unwrap(), b"mine\n");
         assert_eq!(
             fs::read(root.join("new").join(&n)).unwrap(),
             b"someone else\n"

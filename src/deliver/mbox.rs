@@ -11,7 +11,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use super::util::{cvt_retry, io_err};
-use super::{BatchMark, DeliverError, Location, MessageMeta, StoredMessage, Target};
+use super::{
+    Batch, BatchToken, DeliverError, DurableBatch, Location, Message, MessageMeta, StoredMessage,
+    Target,
+};
+
+/// The kind of this target's batch tokens: `mbox:LENGTH`.
+pub(crate) const TOKEN_KIND: &str = "mbox";
 
 /// Default time to wait for the locks before reporting `Locked`.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,25 +42,41 @@ pub struct Mbox {
     lock_timeout: Duration,
     /// The one descriptor for the file: fcntl locks are tied to it.
     file: File,
-    /// Both locks are held (fcntl lock and dotlock).
-    locked: bool,
+}
+
+/// Both locks (fcntl lock and dotlock), released when dropped.
+struct Locked<'a> {
+    mbox: &'a Mbox,
     last_touch: Instant,
-    /// File length before the batch, while a batch is open.
-    mark: Option<u64>,
-    /// Offset where the next byte lands (end of file incl. `out`).
+}
+
+/// Cuts the mbox back to `length` when dropped, unless kept: a batch's or
+/// a message's own bytes, never anything before them.
+struct Truncate<'a> {
+    mbox: &'a Mbox,
+    length: u64,
+}
+
+/// A batch: the locks are held and the file's length before it is known.
+struct MboxBatch<'a> {
+    /// Declared before `lock`: the bytes are cut while still locked.
+    undo: Truncate<'a>,
+    lock: Locked<'a>,
+    /// Offset where the next message starts.
     end: u64,
     /// Newlines to write before the first message so it starts a line
     /// after a blank line, when the file does not end that way.
     pad: &'static [u8],
-    out: Vec<u8>,
-    current: Option<Current>,
-    synced: bool,
-    /// A write failed and the batch was rolled back; only abort is valid.
-    failed: bool,
 }
 
-struct Current {
+/// A message being appended; its bytes are flushed as they come.
+struct MboxMessage<'b, 'a> {
+    batch: &'b mut MboxBatch<'a>,
+    undo: Truncate<'a>,
     offset: u64,
+    /// Offset after the last byte emitted (flushed or in `out`).
+    end: u64,
+    out: Vec<u8>,
     /// `Some` while the header section is being buffered.
     header: Option<Vec<u8>>,
     quoter: Quoter,
@@ -125,15 +147,6 @@ impl Mbox {
             lock_path: PathBuf::from(lock),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             file,
-            locked: false,
-            last_touch: Instant::now(),
-            mark: None,
-            end: 0,
-            pad: b"",
-            out: Vec::with_capacity(BUF_SIZE),
-            current: None,
-            synced: true,
-            failed: false,
         })
     }
 
@@ -148,10 +161,7 @@ impl Mbox {
     }
 
     /// Takes the fcntl lock, then the dotlock, backing off until the timeout.
-    fn lock(&mut self) -> Result<(), DeliverError> {
-        if self.locked {
-            return Ok(());
-        }
+    fn lock(&self) -> Result<Locked<'_>, DeliverError> {
         let target = self.target();
         let deadline = Instant::now() + self.lock_timeout;
         let mut backoff = Duration::from_millis(20);
@@ -159,9 +169,10 @@ impl Mbox {
             let detail = match fcntl_lock(&self.file, libc::F_WRLCK as libc::c_short) {
                 Ok(true) => match self.try_dotlock() {
                     Ok(None) => {
-                        self.locked = true;
-                        self.last_touch = Instant::now();
-                        return Ok(());
+                        return Ok(Locked {
+                            mbox: self,
+                            last_touch: Instant::now(),
+                        });
                     }
                     Ok(Some(detail)) => {
                         let _ = fcntl_lock(&self.file, libc::F_UNLCK as libc::c_short);
@@ -268,26 +279,27 @@ impl Mbox {
         }
         None
     }
+}
 
-    fn unlock(&mut self) {
-        if !self.locked {
-            return;
-        }
-        if let Err(e) = fs::remove_file(&self.lock_path) {
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let mbox = self.mbox;
+        if let Err(e) = fs::remove_file(&mbox.lock_path) {
             tracing::warn!(
                 "{}: remove {}: {e}",
-                self.target(),
-                self.lock_path.display()
+                mbox.target(),
+                mbox.lock_path.display()
             );
         }
-        if let Err(e) = fcntl_lock(&self.file, libc::F_UNLCK as libc::c_short) {
-            tracing::warn!("{}: fcntl unlock: {e}", self.target());
+        if let Err(e) = fcntl_lock(&mbox.file, libc::F_UNLCK as libc::c_short) {
+            tracing::warn!("{}: fcntl unlock: {e}", mbox.target());
         }
-        self.locked = false;
     }
+}
 
+impl Locked<'_> {
     /// Keeps our dotlock fresh during a long batch.
-    fn touch_dotlock(&mut self) {
+    fn touch(&mut self) {
         if self.last_touch.elapsed() < DOTLOCK_TOUCH {
             return;
         }
@@ -302,108 +314,33 @@ impl Mbox {
         };
         let _ = rustix::fs::utimensat(
             rustix::fs::CWD,
-            &self.lock_path,
+            &self.mbox.lock_path,
             &times,
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         );
     }
+}
 
-    fn flush_out(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            (&self.file).write_all(&self.out)?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
-    /// Rolls the batch back after a failure, then returns `err`.
-    fn fail(&mut self, err: DeliverError) -> DeliverError {
-        tracing::warn!("{err}; rolling the mbox back");
-        if let Err(e) = self.rollback() {
-            tracing::warn!("{e}");
-        }
-        self.failed = true;
-        err
-    }
-
-    /// Truncates back to the mark, fsyncs and unlocks.
-    fn rollback(&mut self) -> Result<(), DeliverError> {
-        self.current = None;
-        self.out.clear();
-        let res = match self.mark {
-            Some(mark) if self.locked => self
-                .file
-                .set_len(mark)
-                .and_then(|()| self.file.sync_all())
-                .map_err(|e| io_err(&self.target(), "truncate", &self.path, e)),
-            _ => Ok(()),
-        };
-        self.end = self.mark.unwrap_or(self.end);
-        self.mark = None;
-        self.unlock();
-        res
-    }
-
-    fn check_usable(&self, what: &str) -> Result<(), DeliverError> {
-        if self.failed {
-            return Err(DeliverError::Other(format!(
-                "{}: {what} after a failed write (the batch was rolled back)",
-                self.target()
-            )));
-        }
-        if self.mark.is_none() {
-            return Err(DeliverError::Other(format!(
-                "{}: {what} outside a batch",
-                self.target()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Feeds message bytes through header buffering and quoting.
-    fn feed(&mut self, data: &[u8]) -> Result<(), DeliverError> {
-        let Some(cur) = self.current.as_mut() else {
-            return Err(DeliverError::Other(format!(
-                "{}: write without begin_message",
-                self.target()
-            )));
-        };
-        let mut em = Emitter {
-            out: &mut self.out,
-            hasher: &mut cur.hasher,
-            end: &mut self.end,
-        };
-        if let Some(h) = cur.header.as_mut() {
-            let search_from = h.len().saturating_sub(1);
-            h.extend_from_slice(data);
-            let done = header_end(h, search_from).is_some() || h.len() > HEADER_CAP;
-            if done {
-                let h = cur.header.take().unwrap_or_default();
-                let sender = if h.len() > HEADER_CAP && header_end(&h, 0).is_none() {
-                    FALLBACK_SENDER.to_vec()
-                } else {
-                    return_path(&h)
-                };
-                em.put(&from_line(&sender, SystemTime::now()));
-                cur.quoter.feed(&h, &mut em);
-            }
-        } else {
-            cur.quoter.feed(data, &mut em);
-        }
-        if self.out.len() >= BUF_SIZE
-            && let Err(e) = self.flush_out()
-        {
-            let err = io_err(&self.target(), "write", &self.path, e);
-            return Err(self.fail(err));
-        }
-        Ok(())
+impl Truncate<'_> {
+    fn keep(self) {
+        // Two plain fields: forgetting frees nothing.
+        std::mem::forget(self);
     }
 }
 
-impl Drop for Mbox {
+impl Drop for Truncate<'_> {
     fn drop(&mut self) {
-        // Leave the bytes alone (recover() judges them), but free the locks.
-        self.unlock();
+        let mbox = self.mbox;
+        let res = mbox.file.metadata().and_then(|m| {
+            if m.len() > self.length {
+                mbox.file.set_len(self.length)?;
+                mbox.file.sync_all()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            tracing::warn!("{}", io_err(&mbox.target(), "truncate", &mbox.path, e));
+        }
     }
 }
 
@@ -414,191 +351,208 @@ impl Target for Mbox {
 
     fn recover(
         &mut self,
-        mark: Option<BatchMark>,
+        token: Option<&BatchToken>,
         pending: &[StoredMessage],
     ) -> Result<Vec<bool>, DeliverError> {
-        let mark = mark.and_then(|m| m.mbox_length);
+        let mark = token.and_then(|t| {
+            let length = t.value(TOKEN_KIND).and_then(|v| v.parse::<u64>().ok());
+            if length.is_none() {
+                tracing::warn!(
+                    "{}: ignoring a batch mark that is no mbox length: {:?}",
+                    self.target(),
+                    t.as_str()
+                );
+            }
+            length
+        });
         if mark.is_none() && pending.is_empty() {
             return Ok(Vec::new());
         }
-        self.lock()?;
-        let res = self.recover_locked(mark, pending);
-        self.unlock();
-        res
+        let _locked = self.lock()?;
+        self.recover_locked(mark, pending)
     }
 
-    fn begin_batch(&mut self) -> Result<BatchMark, DeliverError> {
-        if self.mark.is_some() {
-            return Err(DeliverError::Other(format!(
-                "{}: begin_batch while a batch is open",
-                self.target()
-            )));
-        }
-        self.lock()?;
+    fn batch(&mut self) -> Result<Box<dyn Batch<'_> + '_>, DeliverError> {
+        let lock = self.lock()?;
         let target = self.target();
-        let len = match self.file.metadata() {
-            Ok(m) => m.len(),
-            Err(e) => {
-                self.unlock();
-                return Err(io_err(&target, "stat", &self.path, e));
-            }
-        };
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| io_err(&target, "stat", &self.path, e))?
+            .len();
         let mut tail = [0u8; 2];
         let n = len.min(2) as usize;
-        if let Err(e) = self.file.read_exact_at(&mut tail[..n], len - n as u64) {
-            self.unlock();
-            return Err(io_err(&target, "read", &self.path, e));
-        }
-        self.pad = match (n, tail) {
+        self.file
+            .read_exact_at(&mut tail[..n], len - n as u64)
+            .map_err(|e| io_err(&target, "read", &self.path, e))?;
+        let pad: &[u8] = match (n, tail) {
             (0, _) => b"",
             (_, _) if tail[n - 1] != b'\n' => b"\n\n",
             (1, _) => b"\n",
             (_, [a, _]) if a != b'\n' => b"\n",
             _ => b"",
         };
-        self.mark = Some(len);
-        self.end = len;
-        self.failed = false;
-        self.synced = true;
-        Ok(BatchMark {
-            mbox_length: Some(len),
-            tmp_prefix: None,
-        })
+        Ok(Box::new(MboxBatch {
+            undo: Truncate {
+                mbox: self,
+                length: len,
+            },
+            lock,
+            end: len,
+            pad,
+        }))
+    }
+}
+
+impl<'a> Batch<'a> for MboxBatch<'a> {
+    fn token(&self) -> Option<BatchToken> {
+        Some(BatchToken::new(TOKEN_KIND, self.undo.length))
     }
 
-    fn begin_message(&mut self, meta: &MessageMeta) -> Result<(), DeliverError> {
-        self.check_usable("begin_message")?;
-        if self.current.is_some() {
-            return Err(DeliverError::Other(format!(
-                "{}: begin_message with a message still open",
-                self.target()
-            )));
-        }
-        self.synced = false;
+    fn message(&mut self, meta: &MessageMeta) -> Result<Box<dyn Message + '_>, DeliverError> {
+        let mbox = self.lock.mbox;
         if !self.pad.is_empty() {
-            self.out.extend_from_slice(self.pad);
+            (&mbox.file)
+                .write_all(self.pad)
+                .map_err(|e| io_err(&mbox.target(), "write", &mbox.path, e))?;
             self.end += self.pad.len() as u64;
             self.pad = b"";
-            // Flushed now so that abort_message can simply drop `out`.
-            if let Err(e) = self.flush_out() {
-                let err = io_err(&self.target(), "write", &self.path, e);
-                return Err(self.fail(err));
-            }
         }
-        self.current = Some(Current {
-            offset: self.end,
+        let offset = self.end;
+        let mut message = MboxMessage {
+            batch: self,
+            undo: Truncate {
+                mbox,
+                length: offset,
+            },
+            offset,
+            end: offset,
+            out: Vec::with_capacity(BUF_SIZE),
             header: Some(Vec::new()),
             quoter: Quoter::default(),
             hasher: Sha256::new(),
-        });
+        };
         if let Some(h) = &meta.received_header {
-            self.feed(h)?;
+            message.feed(h)?;
+        }
+        Ok(Box::new(message))
+    }
+
+    fn sync(self: Box<Self>) -> Result<Box<dyn DurableBatch + 'a>, DeliverError> {
+        let mbox = self.lock.mbox;
+        mbox.file
+            .sync_all()
+            .map_err(|e| io_err(&mbox.target(), "fsync", &mbox.path, e))?;
+        Ok(self)
+    }
+}
+
+impl DurableBatch for MboxBatch<'_> {
+    fn publish(self: Box<Self>) -> Result<(), DeliverError> {
+        let MboxBatch { undo, lock, .. } = *self;
+        undo.keep();
+        drop(lock);
+        Ok(())
+    }
+}
+
+impl MboxMessage<'_, '_> {
+    /// Feeds message bytes through header buffering and quoting.
+    fn feed(&mut self, data: &[u8]) -> Result<(), DeliverError> {
+        let mut em = Emitter {
+            out: &mut self.out,
+            hasher: &mut self.hasher,
+            end: &mut self.end,
+        };
+        if let Some(h) = self.header.as_mut() {
+            let search_from = h.len().saturating_sub(1);
+            h.extend_from_slice(data);
+            let done = header_end(h, search_from).is_some() || h.len() > HEADER_CAP;
+            if done {
+                let h = self.header.take().unwrap_or_default();
+                let sender = if h.len() > HEADER_CAP && header_end(&h, 0).is_none() {
+                    FALLBACK_SENDER.to_vec()
+                } else {
+                    return_path(&h)
+                };
+                em.put(&from_line(&sender, SystemTime::now()));
+                self.quoter.feed(&h, &mut em);
+            }
+        } else {
+            self.quoter.feed(data, &mut em);
+        }
+        if self.out.len() >= BUF_SIZE {
+            self.flush_out()?;
         }
         Ok(())
     }
 
-    fn write(&mut self, chunk: &[u8]) -> Result<(), DeliverError> {
-        self.check_usable("write")?;
-        self.touch_dotlock();
-        self.feed(chunk)
+    fn flush_out(&mut self) -> Result<(), DeliverError> {
+        if !self.out.is_empty() {
+            let mbox = self.undo.mbox;
+            (&mbox.file)
+                .write_all(&self.out)
+                .map_err(|e| io_err(&mbox.target(), "write", &mbox.path, e))?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Write for MboxMessage<'_, '_> {
+    fn write(&mut self, chunk: &[u8]) -> io::Result<usize> {
+        self.batch.lock.touch();
+        self.feed(chunk).map_err(DeliverError::into_io)?;
+        Ok(chunk.len())
     }
 
-    fn end_message(&mut self) -> Result<StoredMessage, DeliverError> {
-        self.check_usable("end_message")?;
-        let Some(mut cur) = self.current.take() else {
-            return Err(DeliverError::Other(format!(
-                "{}: end_message without begin_message",
-                self.target()
-            )));
-        };
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_out().map_err(DeliverError::into_io)
+    }
+}
+
+impl Message for MboxMessage<'_, '_> {
+    fn finish(mut self: Box<Self>) -> Result<StoredMessage, DeliverError> {
         let mut em = Emitter {
             out: &mut self.out,
-            hasher: &mut cur.hasher,
+            hasher: &mut self.hasher,
             end: &mut self.end,
         };
-        if let Some(h) = cur.header.take() {
+        if let Some(h) = self.header.take() {
             let sender = return_path(&h);
             em.put(&from_line(&sender, SystemTime::now()));
-            cur.quoter.feed(&h, &mut em);
+            self.quoter.feed(&h, &mut em);
         }
-        cur.quoter.finish(&mut em);
+        self.quoter.finish(&mut em);
         // Every message ends with a newline, then one blank separator line.
-        if cur.quoter.last.is_some_and(|b| b != b'\n') {
+        if self.quoter.last.is_some_and(|b| b != b'\n') {
             em.put(b"\n");
         }
         em.put(b"\n");
-        let length = self.end - cur.offset;
-        let sha256: [u8; 32] = cur.hasher.finalize().into();
-        if let Err(e) = self.flush_out() {
-            let err = io_err(&self.target(), "write", &self.path, e);
-            return Err(self.fail(err));
-        }
+        // On an error `self` is dropped: the message's bytes are cut.
+        self.flush_out()?;
+        let MboxMessage {
+            batch,
+            undo,
+            offset,
+            end,
+            hasher,
+            ..
+        } = *self;
+        undo.keep();
+        batch.end = end;
+        let length = end - offset;
         Ok(StoredMessage {
-            location: Location::Mbox {
-                offset: cur.offset,
-                length,
-            },
+            location: Location::Mbox { offset, length },
             size: length,
-            sha256,
+            sha256: hasher.finalize().into(),
         })
-    }
-
-    fn abort_message(&mut self) {
-        let Some(cur) = self.current.take() else {
-            return;
-        };
-        // Drop what is buffered and cut what was already flushed.
-        self.out.clear();
-        self.end = cur.offset;
-        let res = self.file.metadata().and_then(|m| {
-            if m.len() > cur.offset {
-                self.file.set_len(cur.offset)
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = res {
-            let err = io_err(&self.target(), "truncate", &self.path, e);
-            let _ = self.fail(err);
-        }
-    }
-
-    fn sync_batch(&mut self) -> Result<(), DeliverError> {
-        self.check_usable("sync_batch")?;
-        if self.current.is_some() {
-            return Err(DeliverError::Other(format!(
-                "{}: sync_batch with a message still open",
-                self.target()
-            )));
-        }
-        let res = self.flush_out().and_then(|()| self.file.sync_all());
-        if let Err(e) = res {
-            let err = io_err(&self.target(), "fsync", &self.path, e);
-            return Err(self.fail(err));
-        }
-        self.synced = true;
-        Ok(())
-    }
-
-    fn publish_batch(&mut self) -> Result<(), DeliverError> {
-        self.check_usable("publish_batch")?;
-        if !self.synced {
-            self.sync_batch()?;
-        }
-        self.mark = None;
-        self.unlock();
-        Ok(())
-    }
-
-    fn abort_batch(&mut self) -> Result<(), DeliverError> {
-        self.failed = false;
-        self.rollback()
     }
 }
 
 impl Mbox {
     fn recover_locked(
-        &mut self,
+        &self,
         mark: Option<u64>,
         pending: &[StoredMessage],
     ) -> Result<Vec<bool>, DeliverError> {
@@ -1000,19 +954,20 @@ mod tests {
             .with_lock_timeout(Duration::from_millis(300))
     }
 
-    fn deliver(mb: &mut Mbox, msgs: &[&[u8]], chunk: usize) -> Vec<StoredMessage> {
-        let v = msgs
-            .iter()
+    fn deliver(batch: &mut dyn Batch<'_>, msgs: &[&[u8]], chunk: usize) -> Vec<StoredMessage> {
+        msgs.iter()
             .map(|m| {
-                mb.begin_message(&MessageMeta::default()).unwrap();
+                let mut message = batch.message(&MessageMeta::default()).unwrap();
                 for c in m.chunks(chunk) {
-                    mb.write(c).unwrap();
+                    message.write_all(c).unwrap();
                 }
-                mb.end_message().unwrap()
+                message.finish().unwrap()
             })
-            .collect();
-        mb.sync_batch().unwrap();
-        v
+            .collect()
+    }
+
+    fn length_of(token: Option<BatchToken>) -> u64 {
+        token.unwrap().value(TOKEN_KIND).unwrap().parse().unwrap()
     }
 
     fn tricky() -> Vec<Vec<u8>> {
@@ -1043,9 +998,10 @@ mod tests {
             let mut mb = open(&path);
             let msgs = tricky();
             let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
-            assert_eq!(mb.begin_batch().unwrap().mbox_length, Some(0));
-            let stored = deliver(&mut mb, &refs, chunk);
-            mb.publish_batch().unwrap();
+            let mut batch = mb.batch().unwrap();
+            assert_eq!(length_of(batch.token()), 0);
+            let stored = deliver(batch.as_mut(), &refs, chunk);
+            batch.sync().unwrap().publish().unwrap();
             assert!(!td.path().join("mbox.lock").exists());
             let bytes = fs::read(&path).unwrap();
             let mut expected = msgs.clone();
@@ -1093,15 +1049,16 @@ mod tests {
         let path = td.path().join("mbox");
         fs::write(&path, b"From old x\n\nno final newline").unwrap();
         let mut mb = open(&path);
-        assert_eq!(mb.begin_batch().unwrap().mbox_length, Some(28));
-        mb.begin_message(&MessageMeta {
-            received_header: Some(b"Received: by popsync\n".to_vec()),
-        })
-        .unwrap();
-        mb.write(b"Return-Path: <>\n\nbody\n").unwrap();
-        let s = mb.end_message().unwrap();
-        mb.sync_batch().unwrap();
-        mb.publish_batch().unwrap();
+        let mut batch = mb.batch().unwrap();
+        assert_eq!(length_of(batch.token()), 28);
+        let mut message = batch
+            .message(&MessageMeta {
+                received_header: Some(b"Received: by popsync\n".to_vec()),
+            })
+            .unwrap();
+        message.write_all(b"Return-Path: <>\n\nbody\n").unwrap();
+        let s = message.finish().unwrap();
+        batch.sync().unwrap().publish().unwrap();
         let bytes = fs::read(&path).unwrap();
         assert_eq!(
             parse_mboxrd(&bytes),
@@ -1111,6 +1068,24 @@ mod tests {
             ]
         );
         assert!(range(&bytes, &s).starts_with(b"From MAILER-DAEMON "));
+    }
+
+    #[test]
+    fn a_token_that_is_no_mbox_length_is_ignored_not_trusted() {
+        let td = tempfile::tempdir().unwrap();
+        let path = td.path().join("mbox");
+        fs::write(&path, b"From a x\n\nhello\n\nFrom b x\n\ntorn").unwrap();
+        let before = fs::read(&path).unwrap();
+        let mut mb = open(&path);
+        for text in ["maildir:1.M2P3", "mbox:-1", "mbox:", "5"] {
+            let token = BatchToken::from_journal(text.into());
+            assert_eq!(mb.recover(Some(&token), &[]).unwrap(), Vec::<bool>::new());
+            assert_eq!(fs::read(&path).unwrap(), before, "{text}");
+        }
+        // The form schema 5 migrated old marks into is understood.
+        let token = BatchToken::from_journal("mbox:17".into());
+        mb.recover(Some(&token), &[]).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), &before[..17]);
     }
 
     #[test]
@@ -1143,12 +1118,12 @@ mod tests {
         let td = tempfile::tempdir().unwrap();
         let path = td.path().join("mbox");
         let mut mb = open(&path);
-        mb.begin_batch().unwrap();
+        let mut batch = mb.batch().unwrap();
         let mut m = b"X-Junk: ".to_vec();
         m.extend(std::iter::repeat_n(b'a', 2 * HEADER_CAP));
         m.extend_from_slice(b"\nReturn-Path: <late@x>\n\nbody\n");
-        let s = deliver(&mut mb, &[&m], 4096);
-        mb.publish_batch().unwrap();
+        let s = deliver(batch.as_mut(), &[&m], 4096);
+        batch.sync().unwrap().publish().unwrap();
         let bytes = fs::read(&path).unwrap();
         assert!(range(&bytes, &s[0]).starts_with(b"From MAILER-DAEMON "));
         assert_eq!(parse_mboxrd(&bytes), vec![m]);
@@ -1161,31 +1136,44 @@ mod tests {
         let orig = b"From a x\n\nhello\n\n".to_vec();
         fs::write(&path, &orig).unwrap();
         let mut mb = open(&path);
-        mb.begin_batch().unwrap();
-        deliver(&mut mb, &[b"one\n"], 3);
-        mb.begin_message(&MessageMeta::default()).unwrap();
-        mb.write(&vec![b'x'; 200_000]).unwrap(); // partly flushed already
-        mb.abort_message();
+        let mut batch = mb.batch().unwrap();
+        deliver(batch.as_mut(), &[b"one\n"], 3);
         let after_one = fs::read(&path).unwrap();
+        let mut message = batch.message(&MessageMeta::default()).unwrap();
+        message.write_all(b"Subject: big\n\n").unwrap();
+        message.write_all(&vec![b'x'; 200_000]).unwrap(); // partly flushed already
+        assert!(fs::metadata(&path).unwrap().len() > after_one.len() as u64);
+        drop(message);
+        assert_eq!(fs::read(&path).unwrap(), after_one);
         assert_eq!(parse_mboxrd(&after_one).len(), 2);
-        mb.begin_message(&MessageMeta::default()).unwrap();
-        mb.write(&vec![b'y'; 200_000]).unwrap();
-        mb.abort_batch().unwrap();
+        // The batch goes on after a dropped message.
+        deliver(batch.as_mut(), &[b"three\n"], 3);
+        let mut message = batch.message(&MessageMeta::default()).unwrap();
+        message.write_all(&vec![b'y'; 200_000]).unwrap();
+        drop(message);
+        drop(batch);
+        assert_eq!(fs::read(&path).unwrap(), orig);
+        assert!(!td.path().join("mbox.lock").exists());
+        // A durable batch dropped unpublished is cut back too.
+        let mut batch = mb.batch().unwrap();
+        deliver(batch.as_mut(), &[b"four\n"], 3);
+        drop(batch.sync().unwrap());
         assert_eq!(fs::read(&path).unwrap(), orig);
         assert!(!td.path().join("mbox.lock").exists());
         // Usable again.
-        mb.begin_batch().unwrap();
-        deliver(&mut mb, &[b"two\n"], 3);
-        mb.publish_batch().unwrap();
+        let mut batch = mb.batch().unwrap();
+        deliver(batch.as_mut(), &[b"two\n"], 3);
+        batch.sync().unwrap().publish().unwrap();
         assert_eq!(parse_mboxrd(&fs::read(&path).unwrap()).len(), 2);
     }
 
-    fn batch(path: &Path, msgs: &[&[u8]]) -> (BatchMark, Vec<StoredMessage>) {
+    fn batch(path: &Path, msgs: &[&[u8]]) -> (BatchToken, Vec<StoredMessage>) {
         let mut mb = open(path);
-        let mark = mb.begin_batch().unwrap();
-        let s = deliver(&mut mb, msgs, 5);
-        mb.publish_batch().unwrap();
-        (mark, s)
+        let mut batch = mb.batch().unwrap();
+        let token = batch.token().unwrap();
+        let s = deliver(batch.as_mut(), msgs, 5);
+        batch.sync().unwrap().publish().unwrap();
+        (token, s)
     }
 
     fn recovery_files(dir: &Path) -> Vec<Vec<u8>> {
@@ -1213,7 +1201,7 @@ mod tests {
         f.set_len(f.metadata().unwrap().len() - 3).unwrap();
         let torn = fs::read(&path).unwrap()[before.len()..].to_vec();
         let mut mb = open(&path);
-        assert_eq!(mb.recover(Some(mark), &[]).unwrap(), Vec::<bool>::new());
+        assert_eq!(mb.recover(Some(&mark), &[]).unwrap(), Vec::<bool>::new());
         assert_eq!(fs::read(&path).unwrap(), before);
         assert_eq!(recovery_files(td.path()), vec![torn]);
     }
@@ -1231,7 +1219,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(offset + 10).unwrap();
         let mut mb = open(&path);
-        assert_eq!(mb.recover(Some(mark), &s).unwrap(), vec![true, false]);
+        assert_eq!(mb.recover(Some(&mark), &s).unwrap(), vec![true, false]);
         assert_eq!(fs::read(&path).unwrap(), &full[..offset as usize]);
         assert_eq!(
             recovery_files(td.path()),
@@ -1244,14 +1232,11 @@ mod tests {
         f.write_all(b"From other x\n\nforeign\n\n").unwrap();
         let now = fs::read(&path).unwrap();
         let mut mb = open(&path);
-        assert_eq!(
-            mb.recover(Some(mark.clone()), &s).unwrap(),
-            vec![true, true]
-        );
+        assert_eq!(mb.recover(Some(&mark), &s).unwrap(), vec![true, true]);
         assert_eq!(fs::read(&path).unwrap(), now);
         // Rewritten shorter by a mail reader: nothing is ours any more.
         fs::write(&path, b"From a x\n\nb\n\n").unwrap();
-        assert_eq!(mb.recover(Some(mark), &s).unwrap(), vec![false, false]);
+        assert_eq!(mb.recover(Some(&mark), &s).unwrap(), vec![false, false]);
         assert_eq!(fs::read(&path).unwrap(), b"From a x\n\nb\n\n");
         assert_eq!(recovery_files(td.path()).len(), 1);
     }
@@ -1277,15 +1262,14 @@ mod tests {
             .unwrap();
         assert_eq!(line.trim(), "locked");
         let t = Instant::now();
-        let err = mb.begin_batch().unwrap_err();
+        let err = mb.batch().err().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(matches!(err, DeliverError::Locked { .. }), "{err}");
         assert!(err.is_transient());
         assert!(t.elapsed() >= Duration::from_millis(300));
         assert!(!td.path().join("mbox.lock").exists());
-        mb.begin_batch().unwrap();
-        mb.abort_batch().unwrap();
+        drop(mb.batch().unwrap());
     }
 
     /// Sets a file's access and modification time (Unix seconds).
@@ -1310,7 +1294,7 @@ mod tests {
         // What a popsync killed between creating and writing its lock left.
         fs::write(&lock, "").unwrap();
         assert!(
-            matches!(b.begin_batch(), Err(DeliverError::Locked { .. })),
+            matches!(b.batch().err(), Some(DeliverError::Locked { .. })),
             "a fresh empty lock may be someone's, just created"
         );
         let then = SystemTime::now()
@@ -1319,7 +1303,7 @@ mod tests {
             .as_secs() as i64
             - 90;
         set_mtime(&lock, then);
-        b.begin_batch().unwrap();
+        let batch = b.batch().unwrap();
         // The lock in place names this process, and no helper file is left.
         let text = fs::read_to_string(&lock).unwrap();
         assert_eq!(text.trim(), std::process::id().to_string());
@@ -1331,7 +1315,7 @@ mod tests {
             names.iter().all(|n| !n.ends_with(".tmp")),
             "left behind: {names:?}"
         );
-        b.abort_batch().unwrap();
+        drop(batch);
         assert!(!lock.exists());
     }
 
@@ -1342,21 +1326,19 @@ mod tests {
         let lock = td.path().join("mbox.lock");
         let mut a = open(&path);
         let mut b = open(&path);
-        a.begin_batch().unwrap();
+        let held = a.batch().unwrap();
         assert!(lock.exists());
-        assert!(matches!(b.begin_batch(), Err(DeliverError::Locked { .. })));
-        a.abort_batch().unwrap();
+        assert!(matches!(b.batch().err(), Some(DeliverError::Locked { .. })));
+        drop(held);
         // A live holder's dotlock is respected...
         fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
-        assert!(matches!(b.begin_batch(), Err(DeliverError::Locked { .. })));
+        assert!(matches!(b.batch().err(), Some(DeliverError::Locked { .. })));
         // ...a dead holder's or an old one is stale.
         fs::write(&lock, "999999999\n").unwrap();
-        b.begin_batch().unwrap();
-        b.abort_batch().unwrap();
+        drop(b.batch().unwrap());
         fs::write(&lock, "").unwrap();
         set_mtime(&lock, 1000);
-        b.begin_batch().unwrap();
-        b.abort_batch().unwrap();
+        drop(b.batch().unwrap());
         assert!(!lock.exists());
     }
 
@@ -1383,8 +1365,7 @@ mod tests {
         fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
         let mut mb = Mbox::open(&link).unwrap();
         assert_eq!(mb.real, victim);
-        mb.begin_batch().unwrap();
-        mb.abort_batch().unwrap();
+        drop(mb.batch().unwrap());
     }
 
     #[test]

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::{BatchMark, DeliverError, Location, MessageMeta, StoredMessage, Target};
+use super::{
+    Batch, BatchToken, DeliverError, DurableBatch, Location, Message, MessageMeta, StoredMessage,
+    Target,
+};
 
 /// Stderr kept for the error message and the log.
 const STDERR_CAP: usize = 64 * 1024;
@@ -17,7 +20,20 @@ const STDERR_CAP: usize = 64 * 1024;
 pub struct Mda {
     command: String,
     timeout: Duration,
-    current: Option<Running>,
+}
+
+/// A batch of MDA deliveries: each message is delivered when it finishes,
+/// so there is nothing to sync, publish or undo.
+struct MdaBatch<'a> {
+    mda: &'a Mda,
+}
+
+/// A message being piped into the MDA; dropped unfinished, the MDA's whole
+/// process group is killed and reaped.
+struct MdaMessage<'a> {
+    mda: &'a Mda,
+    /// `None` once finished or killed.
+    run: Option<Running>,
 }
 
 struct Running {
@@ -39,7 +55,6 @@ impl Mda {
         Mda {
             command: command.to_string(),
             timeout,
-            current: None,
         }
     }
 
@@ -68,83 +83,8 @@ impl Mda {
         crate::pop3::sanitize_text(&String::from_utf8_lossy(&bytes), 300)
     }
 
-    fn write_all(&mut self, mut data: &[u8]) -> Result<(), DeliverError> {
-        let timeout = self.timeout;
-        let Some(run) = self.current.as_mut() else {
-            return Err(self.err("write without begin_message".into()));
-        };
-        run.hasher.update(data);
-        run.size += data.len() as u64;
-        while !data.is_empty() {
-            let Some(stdin) = run.stdin.as_mut() else {
-                return Ok(()); // it stopped reading; end_message reports
-            };
-            match stdin.write(data) {
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !wait_writable(stdin, timeout) {
-                        let mut run = self.current.take().expect("checked above");
-                        Self::kill(&mut run);
-                        return Err(self.err(format!(
-                            "timed out after {timeout:?} (not reading its input)"
-                        )));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    run.stdin = None;
-                    run.unread = true;
-                }
-                Err(e) => {
-                    let mut run = self.current.take().expect("checked above");
-                    Self::kill(&mut run);
-                    return Err(self.err(format!("write to its input: {e}")));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Mda {
-    fn drop(&mut self) {
-        if let Some(mut run) = self.current.take() {
-            Self::kill(&mut run);
-        }
-    }
-}
-
-fn describe_status(st: ExitStatus) -> String {
-    match (st.code(), st.signal()) {
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        _ => format!("failed ({st})"),
-    }
-}
-
-impl Target for Mda {
-    fn describe(&self) -> String {
-        format!("mda `{}`", self.command)
-    }
-
-    fn recover(
-        &mut self,
-        _mark: Option<BatchMark>,
-        pending: &[StoredMessage],
-    ) -> Result<Vec<bool>, DeliverError> {
-        // A journaled MDA delivery was accepted (exit 0) before it was journaled.
-        Ok(pending
-            .iter()
-            .map(|m| m.location == Location::Mda)
-            .collect())
-    }
-
-    fn begin_batch(&mut self) -> Result<BatchMark, DeliverError> {
-        Ok(BatchMark::default())
-    }
-
-    fn begin_message(&mut self, meta: &MessageMeta) -> Result<(), DeliverError> {
-        self.abort_message();
+    /// Starts the command with its stdin non-blocking and stderr collected.
+    fn spawn(&self) -> Result<Running, DeliverError> {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&self.command)
@@ -183,7 +123,7 @@ impl Target for Mda {
                 let _ = tx.send(kept);
             });
         }
-        self.current = Some(Running {
+        Ok(Running {
             group: crate::helpers::GroupGuard::new(child.id()),
             child,
             stdin,
@@ -191,49 +131,163 @@ impl Target for Mda {
             hasher: Sha256::new(),
             size: 0,
             unread: false,
-        });
-        if let Some(h) = &meta.received_header {
-            self.write_all(h)?;
+        })
+    }
+}
+
+impl MdaMessage<'_> {
+    fn write_all(&mut self, mut data: &[u8]) -> Result<(), DeliverError> {
+        let mda = self.mda;
+        let timeout = mda.timeout;
+        let Some(run) = self.run.as_mut() else {
+            return Err(mda.err("was stopped after an earlier error".into()));
+        };
+        run.hasher.update(data);
+        run.size += data.len() as u64;
+        while !data.is_empty() {
+            let Some(stdin) = run.stdin.as_mut() else {
+                return Ok(()); // it stopped reading; finish reports
+            };
+            match stdin.write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait_writable(stdin, timeout) {
+                        self.kill();
+                        return Err(mda.err(format!(
+                            "timed out after {timeout:?} (not reading its input)"
+                        )));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    run.stdin = None;
+                    run.unread = true;
+                }
+                Err(e) => {
+                    self.kill();
+                    return Err(mda.err(format!("write to its input: {e}")));
+                }
+            }
         }
         Ok(())
     }
 
-    fn write(&mut self, chunk: &[u8]) -> Result<(), DeliverError> {
-        self.write_all(chunk)
+    /// Kills the MDA's whole process group (the shell and what it started).
+    fn kill(&mut self) {
+        if let Some(mut run) = self.run.take() {
+            Mda::kill(&mut run);
+        }
+    }
+}
+
+impl Drop for MdaMessage<'_> {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn describe_status(st: ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => format!("failed ({st})"),
+    }
+}
+
+impl Target for Mda {
+    fn describe(&self) -> String {
+        format!("mda `{}`", self.command)
     }
 
-    fn end_message(&mut self) -> Result<StoredMessage, DeliverError> {
-        let Some(mut run) = self.current.take() else {
-            return Err(self.err("end_message without begin_message".into()));
+    fn recover(
+        &mut self,
+        _token: Option<&BatchToken>,
+        pending: &[StoredMessage],
+    ) -> Result<Vec<bool>, DeliverError> {
+        // A journaled MDA delivery was accepted (exit 0) before it was journaled.
+        Ok(pending
+            .iter()
+            .map(|m| m.location == Location::Mda)
+            .collect())
+    }
+
+    fn batch(&mut self) -> Result<Box<dyn Batch<'_> + '_>, DeliverError> {
+        Ok(Box::new(MdaBatch { mda: self }))
+    }
+}
+
+impl<'a> Batch<'a> for MdaBatch<'a> {
+    fn token(&self) -> Option<BatchToken> {
+        None
+    }
+
+    fn message(&mut self, meta: &MessageMeta) -> Result<Box<dyn Message + '_>, DeliverError> {
+        let mut message = MdaMessage {
+            mda: self.mda,
+            run: Some(self.mda.spawn()?),
+        };
+        if let Some(h) = &meta.received_header {
+            message.write_all(h)?;
+        }
+        Ok(Box::new(message))
+    }
+
+    fn sync(self: Box<Self>) -> Result<Box<dyn DurableBatch + 'a>, DeliverError> {
+        Ok(self)
+    }
+}
+
+impl DurableBatch for MdaBatch<'_> {
+    fn publish(self: Box<Self>) -> Result<(), DeliverError> {
+        Ok(())
+    }
+}
+
+impl Write for MdaMessage<'_> {
+    fn write(&mut self, chunk: &[u8]) -> io::Result<usize> {
+        self.write_all(chunk).map_err(DeliverError::into_io)?;
+        Ok(chunk.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Message for MdaMessage<'_> {
+    fn finish(mut self: Box<Self>) -> Result<StoredMessage, DeliverError> {
+        let mda = self.mda;
+        let Some(mut run) = self.run.take() else {
+            return Err(mda.err("was stopped after an earlier error".into()));
         };
         drop(run.stdin.take()); // EOF for the MDA
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + mda.timeout;
         let mut nap = Duration::from_millis(2);
         let status = loop {
             match run.child.try_wait() {
                 Ok(Some(st)) => break st,
                 Ok(None) => {}
                 Err(e) => {
-                    Self::kill(&mut run);
-                    return Err(self.err(format!("wait: {e}")));
+                    Mda::kill(&mut run);
+                    return Err(mda.err(format!("wait: {e}")));
                 }
             }
             let now = Instant::now();
             if now >= deadline {
-                Self::kill(&mut run);
-                let stderr = Self::stderr_text(&run);
+                Mda::kill(&mut run);
+                let stderr = Mda::stderr_text(&run);
                 if !stderr.is_empty() {
-                    tracing::warn!("MDA `{}` stderr: {}", self.command, stderr.trim_end());
+                    tracing::warn!("MDA `{}` stderr: {}", mda.command, stderr.trim_end());
                 }
-                return Err(self.err(format!("timed out after {:?}", self.timeout)));
+                return Err(mda.err(format!("timed out after {:?}", mda.timeout)));
             }
             std::thread::sleep(nap.min(deadline - now));
             nap = (nap * 2).min(Duration::from_millis(50));
         };
-        let stderr = Self::stderr_text(&run);
+        let stderr = Mda::stderr_text(&run);
         if !status.success() {
             if !stderr.is_empty() {
-                tracing::warn!("MDA `{}` stderr: {}", self.command, stderr.trim_end());
+                tracing::warn!("MDA `{}` stderr: {}", mda.command, stderr.trim_end());
             }
             let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
             let mut reason = describe_status(status);
@@ -241,13 +295,13 @@ impl Target for Mda {
                 reason.push_str(": ");
                 reason.push_str(first.trim());
             }
-            return Err(self.err(reason));
+            return Err(mda.err(reason));
         }
         if run.unread {
             // Exit 0 is the MDA's word that it took the message.
             tracing::warn!(
                 "MDA `{}` exited 0 without reading the whole message",
-                self.command
+                mda.command
             );
         }
         Ok(StoredMessage {
@@ -255,25 +309,6 @@ impl Target for Mda {
             size: run.size,
             sha256: run.hasher.finalize().into(),
         })
-    }
-
-    fn abort_message(&mut self) {
-        if let Some(mut run) = self.current.take() {
-            Self::kill(&mut run);
-        }
-    }
-
-    fn sync_batch(&mut self) -> Result<(), DeliverError> {
-        Ok(())
-    }
-
-    fn publish_batch(&mut self) -> Result<(), DeliverError> {
-        Ok(())
-    }
-
-    fn abort_batch(&mut self) -> Result<(), DeliverError> {
-        self.abort_message();
-        Ok(())
     }
 }
 
@@ -297,11 +332,58 @@ mod tests {
     use super::*;
 
     fn run(mda: &mut Mda, msg: &[u8], chunk: usize) -> Result<StoredMessage, DeliverError> {
-        mda.begin_message(&MessageMeta::default())?;
+        let mut batch = mda.batch()?;
+        let mut message = batch.message(&MessageMeta::default())?;
         for c in msg.chunks(chunk) {
-            mda.write(c)?;
+            message.write_all(c).map_err(DeliverError::from_write)?;
         }
-        mda.end_message()
+        message.finish()
+    }
+
+    fn alive(pid: i32) -> bool {
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        rustix::process::test_kill_process(pid).is_ok()
+    }
+
+    fn read_pid(path: &std::path::Path) -> Option<i32> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    #[test]
+    fn a_message_dropped_mid_write_kills_the_mda_and_what_it_started() {
+        let td = tempfile::tempdir().unwrap();
+        let (shell, helper) = (td.path().join("shell"), td.path().join("helper"));
+        let mut mda = Mda::new(
+            &format!(
+                "sleep 30 & echo $! > '{}'; echo $$ > '{}'; cat >/dev/null",
+                helper.display(),
+                shell.display()
+            ),
+            Duration::from_secs(20),
+        );
+        let mut batch = mda.batch().unwrap();
+        let mut message = batch.message(&MessageMeta::default()).unwrap();
+        message
+            .write_all(b"Subject: half\n\nthe first part")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pids = loop {
+            if let (Some(a), Some(b)) = (read_pid(&shell), read_pid(&helper)) {
+                break [a, b];
+            }
+            assert!(Instant::now() < deadline, "the MDA did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(pids.iter().all(|&p| alive(p)));
+        drop(message);
+        // The shell is killed and reaped at once; the helper in its group
+        // gets the same SIGKILL (its parent reaps it shortly).
+        assert!(!alive(pids[0]), "the MDA still runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pids[1]) {
+            assert!(Instant::now() < deadline, "the MDA's helper still runs");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
@@ -312,24 +394,25 @@ mod tests {
             &format!("cat > '{}'", out.display()),
             Duration::from_secs(10),
         );
-        mda.begin_batch().unwrap();
+        let mut batch = mda.batch().unwrap();
+        assert_eq!(batch.token(), None);
         // Larger than a pipe buffer, with NUL and 8-bit bytes.
         let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        mda.begin_message(&MessageMeta {
-            received_header: Some(b"Received: x\n".to_vec()),
-        })
-        .unwrap();
+        let mut message = batch
+            .message(&MessageMeta {
+                received_header: Some(b"Received: x\n".to_vec()),
+            })
+            .unwrap();
         for c in msg.chunks(10_000) {
-            mda.write(c).unwrap();
+            message.write_all(c).unwrap();
         }
-        let s = mda.end_message().unwrap();
+        let s = message.finish().unwrap();
         let want = [b"Received: x\n".as_slice(), &msg].concat();
         assert_eq!(std::fs::read(&out).unwrap(), want);
         assert_eq!(s.location, Location::Mda);
         assert_eq!(s.size, want.len() as u64);
         assert_eq!(s.sha256, <[u8; 32]>::from(Sha256::digest(&want)));
-        mda.sync_batch().unwrap();
-        mda.publish_batch().unwrap();
+        batch.sync().unwrap().publish().unwrap();
         assert_eq!(mda.recover(None, &[s]).unwrap(), vec![true]);
     }
 

@@ -1,23 +1,27 @@
 //! Local delivery targets: maildir, mbox and MDA behind one trait.
 //!
-//! The sync engine drives a target batch by batch, and owns the journal (the
-//! SQLite state). The order of calls for one batch is:
+//! Ownership carries the order of the steps, so a target needs no flags:
 //!
-//! 1. `begin_batch()` -> a [`BatchMark`] the engine journals *before* any byte
-//!    is written (mbox: the file length before the batch).
-//! 2. per message: `begin_message()`, `write()` any number of times,
-//!    `end_message()` -> [`StoredMessage`] (location, size, SHA-256 of the
-//!    stored bytes). `abort_message()` drops a half-written message.
-//! 3. `sync_batch()`: every message of the batch is durable on disk (maildir:
-//!    still invisible in `tmp/`; mbox: appended and fsynced; MDA: no-op).
+//! 1. [`Target::batch`] -> a [`Batch`] (it borrows the target, so there is
+//!    one at a time). Its [`Batch::token`] is what the engine journals
+//!    *before* any byte is written (mbox: the file length before the batch;
+//!    maildir: the name prefix of its `tmp/` files; MDA: nothing).
+//! 2. per message: [`Batch::message`] -> a [`Message`] (it borrows the
+//!    batch: one at a time), `io::Write` its bytes, [`Message::finish`] ->
+//!    [`StoredMessage`] (location, size, SHA-256 of the stored bytes).
+//!    Dropping an unfinished message undoes it.
+//! 3. [`Batch::sync`] consumes the batch: every message of it is durable
+//!    (maildir: still invisible in `tmp/`; mbox: appended and fsynced); the
+//!    [`DurableBatch`] it returns takes no more messages.
 //! 4. the engine journals the batch's `StoredMessage`s (intent rows).
-//! 5. `publish_batch()`: messages become visible (maildir: link into `new/`,
-//!    remove from `tmp/`, fsync `new/` once).
+//! 5. [`DurableBatch::publish`] consumes it: messages become visible
+//!    (maildir: link into `new/`, remove from `tmp/`, fsync `new/` once).
 //! 6. the engine commits the UIDs; later it may DELE them on the server.
 //!
-//! `abort_batch()` undoes an unfinished batch (remove tmp files, truncate the
-//! mbox back to the mark). After a crash, `recover()` is given what the
-//! journal still holds and says which journaled messages are intact in place.
+//! Dropping an unpublished batch undoes exactly its own writes (remove its
+//! tmp files, truncate the mbox back to where the batch began). After a
+//! crash, [`Target::recover`] is given the journaled token and messages and
+//! says which of those are intact in place.
 
 pub mod maildir;
 pub mod mbox;
@@ -49,20 +53,30 @@ pub struct StoredMessage {
     pub sha256: [u8; 32],
 }
 
-/// What the engine must journal before a batch writes anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchMark {
-    /// mbox: file length before the batch; `None` for other targets.
-    pub mbox_length: Option<u64>,
-    /// maildir: every `tmp/` file of the batch is named `PREFIX<n>.<host>`;
-    /// recovery removes such files and nothing else.
-    pub tmp_prefix: Option<String>,
-}
+/// What a batch journals before it writes anything, opaque to the engine:
+/// each target encodes and decodes its own (`mbox:LENGTH`,
+/// `maildir:PREFIX`). Read back from the state, it is untrusted input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchToken(String);
 
-impl BatchMark {
-    /// Whether the engine must journal the mark before the batch writes.
-    pub fn needs_journal(&self) -> bool {
-        self.mbox_length.is_some() || self.tmp_prefix.is_some()
+impl BatchToken {
+    /// A token as a target writes it: `KIND:VALUE`.
+    fn new(kind: &str, value: impl std::fmt::Display) -> BatchToken {
+        BatchToken(format!("{kind}:{value}"))
+    }
+
+    /// A token as read from the journal.
+    pub fn from_journal(text: String) -> BatchToken {
+        BatchToken(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value of a token of `kind`; `None` for another target's token.
+    fn value(&self, kind: &str) -> Option<&str> {
+        self.0.strip_prefix(kind)?.strip_prefix(':')
     }
 }
 
@@ -103,14 +117,32 @@ impl DeliverError {
     }
 }
 
-/// A local delivery target. Synchronous on purpose: the engine calls the
-/// slow parts (`sync_batch`, `publish_batch`) off the async reactor.
+impl DeliverError {
+    /// The error behind an `io::Error` a [`Message`] returned from `write`.
+    pub fn from_write(e: std::io::Error) -> DeliverError {
+        if !e.get_ref().is_some_and(|inner| inner.is::<DeliverError>()) {
+            return DeliverError::Other(format!("write: {e}"));
+        }
+        match e.into_inner().map(|inner| inner.downcast::<DeliverError>()) {
+            Some(Ok(inner)) => *inner,
+            _ => unreachable!("checked just above"),
+        }
+    }
+
+    /// For `io::Write`: carries the full error through `io::Error`.
+    fn into_io(self) -> std::io::Error {
+        std::io::Error::other(self)
+    }
+}
+
+/// A local delivery target. Synchronous on purpose: it runs on the
+/// delivery thread (see [`thread`]), never on the async reactor.
 pub trait Target: Send {
     /// Human-readable description for logs, e.g. `maildir /home/a/Mail`.
     fn describe(&self) -> String;
 
-    /// Repairs what an interrupted run left. `mark` is the last journaled
-    /// batch mark (if a batch was in progress), `pending` the journaled but
+    /// Repairs what an interrupted run left. `token` is the last journaled
+    /// batch token (if a batch was in progress), `pending` the journaled but
     /// uncommitted messages of that batch, in write order. Returns one bool
     /// per pending message: true if it is intact at its location (the engine
     /// then commits it), false if not (the engine forgets it; re-download).
@@ -118,17 +150,40 @@ pub trait Target: Send {
     /// write; a torn mbox tail is moved aside into a recovery file, not dropped.
     fn recover(
         &mut self,
-        mark: Option<BatchMark>,
+        token: Option<&BatchToken>,
         pending: &[StoredMessage],
     ) -> Result<Vec<bool>, DeliverError>;
 
-    fn begin_batch(&mut self) -> Result<BatchMark, DeliverError>;
-    fn begin_message(&mut self, meta: &MessageMeta) -> Result<(), DeliverError>;
-    /// Message bytes, already un-stuffed and with LF line endings.
-    fn write(&mut self, chunk: &[u8]) -> Result<(), DeliverError>;
-    fn end_message(&mut self) -> Result<StoredMessage, DeliverError>;
-    fn abort_message(&mut self);
-    fn sync_batch(&mut self) -> Result<(), DeliverError>;
-    fn publish_batch(&mut self) -> Result<(), DeliverError>;
-    fn abort_batch(&mut self) -> Result<(), DeliverError>;
+    /// Starts a batch (mbox: takes the locks, held until the batch ends).
+    fn batch(&mut self) -> Result<Box<dyn Batch<'_> + '_>, DeliverError>;
+}
+
+/// One batch of messages taking messages; dropped, it undoes its writes.
+pub trait Batch<'t> {
+    /// What to journal before the first message; `None`: nothing to undo
+    /// after a crash (MDA).
+    fn token(&self) -> Option<BatchToken>;
+
+    /// Starts a message; its trace header (if any) is written first.
+    fn message(&mut self, meta: &MessageMeta) -> Result<Box<dyn Message + '_>, DeliverError>;
+
+    /// Makes every finished message durable (still invisible for maildir);
+    /// the batch takes no more messages.
+    fn sync(self: Box<Self>) -> Result<Box<dyn DurableBatch + 't>, DeliverError>;
+}
+
+/// A batch whose messages are all durable; dropped unpublished, it undoes
+/// its writes like a [`Batch`].
+pub trait DurableBatch {
+    /// Makes the messages visible. Called once the engine journaled the
+    /// batch, when its writes belong to recovery: a failed publish leaves
+    /// what it could not publish in place for the next run.
+    fn publish(self: Box<Self>) -> Result<(), DeliverError>;
+}
+
+/// One message being written: bytes through `io::Write` (already
+/// un-stuffed, LF line endings; a write error carries a [`DeliverError`],
+/// see [`DeliverError::from_write`]). Dropped unfinished, it is undone.
+pub trait Message: std::io::Write {
+    fn finish(self: Box<Self>) -> Result<StoredMessage, DeliverError>;
 }

@@ -4,12 +4,18 @@
 //! and no tokio worker ever waits on a disk or an MDA (except for back
 //! pressure, when the queue is full: then off the reactor).
 //!
-//! Operations run in the order they are sent. Message writes are not
-//! answered one by one: `end_message` hands back a [`PendingMessage`] that
-//! resolves once the thread has stored it, and the engine collects those
-//! before it makes the batch durable. After the first failure in a batch
-//! the thread touches nothing more of it (an MDA must not be handed further
-//! messages of a batch that will be fetched again) until `abort_batch`.
+//! Both sides hold RAII handles. The engine gets a [`BatchHandle`] (then a
+//! [`DurableHandle`]) and [`MessageHandle`]s; dropping one unfinished sends
+//! the op that undoes it, without waiting. The thread holds the target's
+//! [`Batch`] and [`Message`] in the frames of [`serve_batch`] and
+//! [`serve_message`], so their lifetimes are the ones the engine's handles
+//! describe. Ops run in the order they are sent. Message writes are not
+//! answered one by one: [`MessageHandle::finish`] hands back a
+//! [`PendingMessage`] that resolves once the thread has stored it. After
+//! the first failure in a batch the thread drops (undoes) the batch and
+//! touches nothing more of it (an MDA must not be handed further messages
+//! of a batch that will be fetched again): the rest of its ops are answered
+//! with the failure until the engine ends it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -17,7 +23,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use super::{BatchMark, DeliverError, MessageMeta, StoredMessage, Target};
+use super::{Batch, BatchToken, DeliverError, DurableBatch, MessageMeta, StoredMessage, Target};
 
 /// Message bytes queued for the thread at most; memory stays bounded
 /// whatever the size of a message or the speed of the disk.
@@ -26,14 +32,15 @@ pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 type Reply<T> = oneshot::Sender<Result<T, DeliverError>>;
 
 enum Op {
-    BeginBatch(Reply<BatchMark>),
+    BeginBatch(Reply<Option<BatchToken>>),
     BeginMessage(MessageMeta),
     Write(Vec<u8>),
     EndMessage(Reply<StoredMessage>),
     AbortMessage,
     SyncBatch(Reply<()>),
     PublishBatch(Reply<()>),
-    AbortBatch(Reply<()>),
+    /// Undoes the batch; answers (if asked) once it is undone.
+    AbortBatch(Option<oneshot::Sender<()>>),
 }
 
 impl Op {
@@ -70,8 +77,9 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ops without bytes always fit: a handle's Drop never waits.
     fn has_room(state: &QueueState, bytes: usize) -> bool {
-        state.ops.is_empty() || state.bytes + bytes <= QUEUE_BYTES
+        state.ops.is_empty() || bytes == 0 || state.bytes + bytes <= QUEUE_BYTES
     }
 
     /// Pushes without waiting; gives the op back when the queue is full.
@@ -195,7 +203,7 @@ impl PendingMessage {
 
 impl DeliveryThread {
     /// Moves `target` onto a new thread.
-    pub fn spawn(target: Box<dyn Target>) -> Result<DeliveryThread, DeliverError> {
+    pub fn spawn(mut target: Box<dyn Target>) -> Result<DeliveryThread, DeliverError> {
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState::default()),
             changed: Condvar::new(),
@@ -212,12 +220,7 @@ impl DeliveryThread {
                     }
                 }
                 let _stop = StopOnExit(Arc::clone(&worker));
-                Worker {
-                    target,
-                    failed: false,
-                    unreported: None,
-                }
-                .run(&worker);
+                serve(target.as_mut(), &worker);
             })
             .map_err(|e| DeliverError::Other(format!("cannot start the delivery thread: {e}")))?;
         Ok(DeliveryThread {
@@ -243,44 +246,16 @@ impl DeliveryThread {
         rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    pub async fn begin_batch(&self) -> Result<BatchMark, DeliverError> {
-        self.ask(Op::BeginBatch).await
-    }
-
-    pub fn begin_message(&self, meta: MessageMeta) -> Result<(), DeliverError> {
-        self.send(Op::BeginMessage(meta))
-    }
-
-    /// Message bytes, already un-stuffed and with LF line endings. Errors
-    /// of the write itself come back from the message's [`PendingMessage`].
-    pub fn write(&self, chunk: &[u8]) -> Result<(), DeliverError> {
-        self.send(Op::Write(chunk.to_vec()))
-    }
-
-    pub fn end_message(&self) -> Result<PendingMessage, DeliverError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Op::EndMessage(tx))?;
-        Ok(PendingMessage {
-            reply: rx,
-            answer: None,
+    /// Starts a batch; its token is to be journaled before any message.
+    pub async fn batch(&self) -> Result<BatchHandle<'_>, DeliverError> {
+        let token = self.ask(Op::BeginBatch).await?;
+        Ok(BatchHandle {
+            token,
+            undo: Undo {
+                thread: self,
+                op: || Op::AbortBatch(None),
+            },
         })
-    }
-
-    pub fn abort_message(&self) {
-        // A stopped thread has nothing left to abort.
-        let _ = self.send(Op::AbortMessage);
-    }
-
-    pub async fn sync_batch(&self) -> Result<(), DeliverError> {
-        self.ask(Op::SyncBatch).await
-    }
-
-    pub async fn publish_batch(&self) -> Result<(), DeliverError> {
-        self.ask(Op::PublishBatch).await
-    }
-
-    pub async fn abort_batch(&self) -> Result<(), DeliverError> {
-        self.ask(Op::AbortBatch).await
     }
 }
 
@@ -295,81 +270,277 @@ impl Drop for DeliveryThread {
     }
 }
 
-struct Worker {
-    target: Box<dyn Target>,
-    /// An op of the current batch failed: skip the rest of it.
-    failed: bool,
-    /// The failure of an op nobody waits on (a message's start or bytes),
-    /// handed to the next op that is answered.
-    unreported: Option<DeliverError>,
+/// Sends `op` when dropped, unless kept: how a handle undoes itself.
+struct Undo<'t> {
+    thread: &'t DeliveryThread,
+    op: fn() -> Op,
 }
 
-impl Worker {
-    fn run(mut self, queue: &Queue) {
-        while let Some(op) = queue.pop() {
-            self.apply(op);
-        }
+impl Undo<'_> {
+    /// Sends `op` instead of the undo.
+    fn send_instead(self, op: Op) -> Result<(), DeliverError> {
+        let sent = self.thread.send(op);
+        // A reference and a fn pointer: forgetting frees nothing.
+        std::mem::forget(self);
+        sent
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        // A stopped thread has nothing left to undo.
+        let _ = self.thread.send((self.op)());
+    }
+}
+
+/// The engine's side of a batch taking messages. Dropped, the batch is
+/// undone (without waiting; [`BatchHandle::abort`] waits).
+pub struct BatchHandle<'t> {
+    token: Option<BatchToken>,
+    undo: Undo<'t>,
+}
+
+/// The engine's side of a durable batch, to be journaled then published.
+/// Dropped unpublished, the batch is undone.
+pub struct DurableHandle<'t> {
+    undo: Undo<'t>,
+}
+
+/// The engine's side of a message being written. Dropped unfinished, the
+/// message is undone (its tmp file removed, the mbox cut back, the MDA
+/// killed) and the batch goes on without it.
+pub struct MessageHandle<'b> {
+    undo: Undo<'b>,
+}
+
+impl<'t> BatchHandle<'t> {
+    /// What to journal before the first message (`None`: nothing).
+    pub fn token(&self) -> Option<&BatchToken> {
+        self.token.as_ref()
     }
 
-    /// Runs `f` unless the batch already failed; a failure marks it.
-    fn step<T>(
-        &mut self,
-        f: impl FnOnce(&mut dyn Target) -> Result<T, DeliverError>,
-    ) -> Result<T, DeliverError> {
-        if self.failed {
-            return Err(self.unreported.take().unwrap_or_else(|| {
-                DeliverError::Other("not delivered: an earlier message of this batch failed".into())
-            }));
-        }
-        let result = f(self.target.as_mut());
-        self.failed = result.is_err();
-        result
+    /// Starts a message. Borrowing the batch, one is open at a time.
+    pub fn message(&mut self, meta: MessageMeta) -> Result<MessageHandle<'_>, DeliverError> {
+        let thread = self.undo.thread;
+        thread.send(Op::BeginMessage(meta))?;
+        Ok(MessageHandle {
+            undo: Undo {
+                thread,
+                op: || Op::AbortMessage,
+            },
+        })
     }
 
-    /// Like `step` for ops without a reply: the error waits for one.
-    fn step_unanswered(&mut self, f: impl FnOnce(&mut dyn Target) -> Result<(), DeliverError>) {
-        if self.failed {
-            return;
-        }
-        if let Err(e) = f(self.target.as_mut()) {
-            self.failed = true;
-            self.unreported = Some(e);
-        }
+    /// Waits until every message of the batch is stored and durable.
+    pub async fn sync(self) -> Result<DurableHandle<'t>, DeliverError> {
+        let thread = self.undo.thread;
+        // On an error `self` is dropped: the batch is undone.
+        thread.ask(Op::SyncBatch).await?;
+        Ok(DurableHandle { undo: self.undo })
     }
 
-    fn apply(&mut self, op: Op) {
+    /// Undoes the batch and waits until it is undone.
+    pub async fn abort(self) {
+        abort(self.undo).await;
+    }
+}
+
+impl DurableHandle<'_> {
+    /// Makes the batch's messages visible; the batch ends either way.
+    pub async fn publish(self) -> Result<(), DeliverError> {
+        let (tx, rx) = oneshot::channel();
+        self.undo.send_instead(Op::PublishBatch(tx))?;
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Undoes the batch and waits until it is undone.
+    pub async fn abort(self) {
+        abort(self.undo).await;
+    }
+}
+
+async fn abort(undo: Undo<'_>) {
+    let (tx, rx) = oneshot::channel();
+    if undo.send_instead(Op::AbortBatch(Some(tx))).is_ok() {
+        let _ = rx.await;
+    }
+}
+
+impl MessageHandle<'_> {
+    /// Message bytes, already un-stuffed and with LF line endings. Errors
+    /// of the write itself come back from the message's [`PendingMessage`].
+    pub fn write(&self, chunk: &[u8]) -> Result<(), DeliverError> {
+        self.undo.thread.send(Op::Write(chunk.to_vec()))
+    }
+
+    /// Ends the message; the thread answers once it has stored it.
+    pub fn finish(self) -> Result<PendingMessage, DeliverError> {
+        let (tx, rx) = oneshot::channel();
+        self.undo.send_instead(Op::EndMessage(tx))?;
+        Ok(PendingMessage {
+            reply: rx,
+            answer: None,
+        })
+    }
+}
+
+/// The thread's loop: ops outside a batch, then each batch in its frame.
+fn serve(target: &mut dyn Target, queue: &Queue) {
+    while let Some(op) = queue.pop() {
         match op {
             Op::BeginBatch(reply) => {
-                self.failed = false;
-                self.unreported = None;
-                let _ = reply.send(self.step(|t| t.begin_batch()));
-            }
-            Op::BeginMessage(meta) => self.step_unanswered(|t| t.begin_message(&meta)),
-            Op::Write(chunk) => self.step_unanswered(|t| {
-                let written = t.write(&chunk);
-                if written.is_err() {
-                    t.abort_message();
+                let batch = match target.batch() {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                };
+                if reply.send(Ok(batch.token())).is_err() {
+                    continue; // nobody holds a handle: the batch is undone
                 }
-                written
-            }),
-            Op::EndMessage(reply) => {
-                let _ = reply.send(self.step(|t| t.end_message()));
+                if let Err(failed) = serve_batch(batch, queue) {
+                    drain(queue, failed);
+                }
             }
-            Op::AbortMessage => self.step_unanswered(|t| {
-                t.abort_message();
-                Ok(())
-            }),
+            other => refuse(other, misuse("no batch is open")),
+        }
+    }
+}
+
+/// A batch failed and was undone; `Some` while the failure is unreported
+/// (it came from an op nobody waits on).
+struct Failed(Option<DeliverError>);
+
+/// Serves a batch until the engine publishes or aborts it; on a failure
+/// returns, which drops (undoes) the batch.
+fn serve_batch(mut batch: Box<dyn Batch<'_> + '_>, queue: &Queue) -> Result<(), Failed> {
+    while let Some(op) = queue.pop() {
+        match op {
+            Op::BeginMessage(meta) => serve_message(batch.as_mut(), &meta, queue)?,
             Op::SyncBatch(reply) => {
-                let _ = reply.send(self.step(|t| t.sync_batch()));
+                return match batch.sync() {
+                    Ok(durable) => {
+                        let _ = reply.send(Ok(()));
+                        serve_durable(durable, queue);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        Err(Failed(None))
+                    }
+                };
+            }
+            Op::AbortBatch(done) => {
+                drop(batch);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return Ok(());
+            }
+            other => {
+                refuse(other, misuse("out of order in a batch"));
+                return Err(Failed(None));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Serves one message until it is finished or aborted.
+fn serve_message(
+    batch: &mut dyn Batch<'_>,
+    meta: &MessageMeta,
+    queue: &Queue,
+) -> Result<(), Failed> {
+    let mut message = batch.message(meta).map_err(|e| Failed(Some(e)))?;
+    while let Some(op) = queue.pop() {
+        match op {
+            Op::Write(chunk) => {
+                if let Err(e) = std::io::Write::write_all(&mut message, &chunk) {
+                    return Err(Failed(Some(DeliverError::from_write(e))));
+                }
+            }
+            Op::EndMessage(reply) => {
+                return match message.finish() {
+                    Ok(stored) => {
+                        let _ = reply.send(Ok(stored));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        Err(Failed(None))
+                    }
+                };
+            }
+            Op::AbortMessage => return Ok(()),
+            other => {
+                refuse(other, misuse("out of order in a message"));
+                return Err(Failed(None));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serve_durable(durable: Box<dyn DurableBatch + '_>, queue: &Queue) {
+    while let Some(op) = queue.pop() {
+        match op {
+            Op::PublishBatch(reply) => {
+                let _ = reply.send(durable.publish());
+                return;
+            }
+            Op::AbortBatch(done) => {
+                drop(durable);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            other => refuse(other, misuse("out of order in a durable batch")),
+        }
+    }
+}
+
+/// After a failure: answers the batch's remaining ops until it ends.
+fn drain(queue: &Queue, mut failed: Failed) {
+    let mut failure = move || {
+        failed.0.take().unwrap_or_else(|| {
+            DeliverError::Other("not delivered: an earlier message of this batch failed".into())
+        })
+    };
+    while let Some(op) = queue.pop() {
+        match op {
+            Op::AbortBatch(done) => {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
             }
             Op::PublishBatch(reply) => {
-                let _ = reply.send(self.step(|t| t.publish_batch()));
+                let _ = reply.send(Err(failure()));
+                return;
             }
-            Op::AbortBatch(reply) => {
-                self.failed = false;
-                self.unreported = None;
-                let _ = reply.send(self.target.abort_batch());
-            }
+            Op::BeginMessage(_) | Op::Write(_) | Op::AbortMessage => {}
+            other => refuse(other, failure()),
+        }
+    }
+}
+
+/// An op the handles never send in this state.
+fn misuse(what: &str) -> DeliverError {
+    DeliverError::Other(format!("delivery thread: an op {what}"))
+}
+
+/// Answers an op that cannot run with `err`.
+fn refuse(op: Op, err: DeliverError) {
+    match op {
+        Op::BeginBatch(reply) => drop(reply.send(Err(err))),
+        Op::EndMessage(reply) => drop(reply.send(Err(err))),
+        Op::SyncBatch(reply) | Op::PublishBatch(reply) => drop(reply.send(Err(err))),
+        Op::AbortBatch(Some(done)) => drop(done.send(())),
+        Op::BeginMessage(_) | Op::Write(_) | Op::AbortMessage | Op::AbortBatch(None) => {
+            tracing::debug!("delivery thread: dropped an op: {err}");
         }
     }
 }
@@ -377,7 +548,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::Location;
+    use crate::deliver::{Location, Message};
     use std::sync::mpsc;
 
     /// Records what the thread asked of it; fails a write on demand.
@@ -386,7 +557,18 @@ mod tests {
         fail_write: Option<&'static [u8]>,
         /// Each write waits for a token (to hold the thread back).
         gate: Option<mpsc::Receiver<()>>,
+    }
+
+    struct RecorderBatch<'a> {
+        rec: &'a Recorder,
+        /// Dropped unpublished: logged as an abort.
+        open: bool,
+    }
+
+    struct RecorderMessage<'a> {
+        rec: &'a Recorder,
         body: Vec<u8>,
+        open: bool,
     }
 
     impl Recorder {
@@ -395,7 +577,6 @@ mod tests {
                 log: Arc::clone(log),
                 fail_write: None,
                 gate: None,
-                body: Vec::new(),
             }
         }
         fn note(&self, what: String) {
@@ -409,53 +590,88 @@ mod tests {
         }
         fn recover(
             &mut self,
-            _: Option<BatchMark>,
+            _: Option<&BatchToken>,
             pending: &[StoredMessage],
         ) -> Result<Vec<bool>, DeliverError> {
             Ok(vec![false; pending.len()])
         }
-        fn begin_batch(&mut self) -> Result<BatchMark, DeliverError> {
+        fn batch(&mut self) -> Result<Box<dyn Batch<'_> + '_>, DeliverError> {
             self.note("begin_batch".into());
-            Ok(BatchMark::default())
+            Ok(Box::new(RecorderBatch {
+                rec: self,
+                open: true,
+            }))
         }
-        fn begin_message(&mut self, _: &MessageMeta) -> Result<(), DeliverError> {
-            self.note("begin_message".into());
-            self.body.clear();
+    }
+
+    impl<'a> Batch<'a> for RecorderBatch<'a> {
+        fn token(&self) -> Option<BatchToken> {
+            None
+        }
+        fn message(&mut self, _: &MessageMeta) -> Result<Box<dyn Message + '_>, DeliverError> {
+            self.rec.note("begin_message".into());
+            Ok(Box::new(RecorderMessage {
+                rec: self.rec,
+                body: Vec::new(),
+                open: true,
+            }))
+        }
+        fn sync(self: Box<Self>) -> Result<Box<dyn DurableBatch + 'a>, DeliverError> {
+            self.rec.note("sync_batch".into());
+            Ok(self)
+        }
+    }
+
+    impl DurableBatch for RecorderBatch<'_> {
+        fn publish(mut self: Box<Self>) -> Result<(), DeliverError> {
+            self.rec.note("publish_batch".into());
+            self.open = false;
             Ok(())
         }
-        fn write(&mut self, chunk: &[u8]) -> Result<(), DeliverError> {
-            if let Some(gate) = &self.gate {
+    }
+
+    impl Drop for RecorderBatch<'_> {
+        fn drop(&mut self) {
+            if self.open {
+                self.rec.note("abort_batch".into());
+            }
+        }
+    }
+
+    impl std::io::Write for RecorderMessage<'_> {
+        fn write(&mut self, chunk: &[u8]) -> std::io::Result<usize> {
+            if let Some(gate) = &self.rec.gate {
                 gate.recv().unwrap();
             }
-            if self.fail_write == Some(chunk) {
-                return Err(DeliverError::Other("disk full".into()));
+            if self.rec.fail_write == Some(chunk) {
+                return Err(DeliverError::Other("disk full".into()).into_io());
             }
             self.body.extend_from_slice(chunk);
+            Ok(chunk.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
-        fn end_message(&mut self) -> Result<StoredMessage, DeliverError> {
+    }
+
+    impl Message for RecorderMessage<'_> {
+        fn finish(mut self: Box<Self>) -> Result<StoredMessage, DeliverError> {
+            self.open = false;
             let body = String::from_utf8_lossy(&self.body).into_owned();
-            self.note(format!("end_message {body}"));
+            self.rec.note(format!("end_message {body}"));
             Ok(StoredMessage {
                 location: Location::Maildir { name: body },
                 size: self.body.len() as u64,
                 sha256: [0; 32],
             })
         }
-        fn abort_message(&mut self) {
-            self.note("abort_message".into());
-        }
-        fn sync_batch(&mut self) -> Result<(), DeliverError> {
-            self.note("sync_batch".into());
-            Ok(())
-        }
-        fn publish_batch(&mut self) -> Result<(), DeliverError> {
-            self.note("publish_batch".into());
-            Ok(())
-        }
-        fn abort_batch(&mut self) -> Result<(), DeliverError> {
-            self.note("abort_batch".into());
-            Ok(())
+    }
+
+    impl Drop for RecorderMessage<'_> {
+        fn drop(&mut self) {
+            if self.open {
+                self.rec.note("abort_message".into());
+            }
         }
     }
 
@@ -466,39 +682,39 @@ mod tests {
         }
     }
 
-    /// A thread in a batch whose target fails to write the chunk `bad`.
-    async fn failing_on_bad() -> (Arc<Mutex<Vec<String>>>, DeliveryThread) {
+    fn log_of(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+        log.lock().unwrap().clone()
+    }
+
+    /// A thread whose target fails to write the chunk `bad`.
+    fn failing_on_bad() -> (Arc<Mutex<Vec<String>>>, DeliveryThread) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut target = Recorder::new(&log);
         target.fail_write = Some(b"bad");
-        let thread = DeliveryThread::spawn(Box::new(target)).unwrap();
-        thread.begin_batch().await.unwrap();
-        (log, thread)
+        (log, DeliveryThread::spawn(Box::new(target)).unwrap())
     }
 
-    fn message(thread: &DeliveryThread, chunks: &[&[u8]]) -> PendingMessage {
-        thread.begin_message(MessageMeta::default()).unwrap();
+    fn message(batch: &mut BatchHandle<'_>, chunks: &[&[u8]]) -> PendingMessage {
+        let message = batch.message(MessageMeta::default()).unwrap();
         for chunk in chunks {
-            thread.write(chunk).unwrap();
+            message.write(chunk).unwrap();
         }
-        thread.end_message().unwrap()
+        message.finish().unwrap()
     }
 
     #[tokio::test]
     async fn messages_are_written_in_order_and_answered_later() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let thread = DeliveryThread::spawn(Box::new(Recorder::new(&log))).unwrap();
-        thread.begin_batch().await.unwrap();
-        let first = message(&thread, &[b"a", b"b"]);
-        let second = message(&thread, &[b"c"]);
+        let mut batch = thread.batch().await.unwrap();
+        let first = message(&mut batch, &[b"a", b"b"]);
+        let second = message(&mut batch, &[b"c"]);
         assert_eq!(name(first.stored().await.unwrap()), "ab");
         assert_eq!(name(second.stored().await.unwrap()), "c");
-        thread.sync_batch().await.unwrap();
-        thread.publish_batch().await.unwrap();
+        batch.sync().await.unwrap().publish().await.unwrap();
         drop(thread);
-        let log = log.lock().unwrap().clone();
         assert_eq!(
-            log,
+            log_of(&log),
             [
                 "begin_batch",
                 "begin_message",
@@ -513,26 +729,27 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_failed_write_nothing_more_of_the_batch_is_delivered() {
-        let (log, thread) = failing_on_bad().await;
-        let first = message(&thread, &[b"ok"]);
-        let failing = message(&thread, &[b"bad", b"more"]);
-        let after = message(&thread, &[b"later"]);
+        let (log, thread) = failing_on_bad();
+        let mut batch = thread.batch().await.unwrap();
+        let first = message(&mut batch, &[b"ok"]);
+        let failing = message(&mut batch, &[b"bad", b"more"]);
+        let after = message(&mut batch, &[b"later"]);
         assert_eq!(name(first.stored().await.unwrap()), "ok");
         let err = failing.stored().await.unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
         let err = after.stored().await.unwrap_err();
         assert!(err.to_string().contains("earlier message"), "{err}");
-        assert!(thread.sync_batch().await.is_err());
-        thread.abort_batch().await.unwrap();
+        assert!(batch.sync().await.is_err());
         // A new batch starts clean.
-        thread.begin_batch().await.unwrap();
-        let again = message(&thread, &[b"x"]);
+        let mut batch = thread.batch().await.unwrap();
+        let again = message(&mut batch, &[b"x"]);
         assert_eq!(name(again.stored().await.unwrap()), "x");
+        drop(batch);
         drop(thread);
-        let log = log.lock().unwrap().clone();
-        // The failed message was aborted; the one after it never began.
+        // The failed message was undone with its batch at once; the one
+        // after it never began.
         assert_eq!(
-            log,
+            log_of(&log),
             [
                 "begin_batch",
                 "begin_message",
@@ -542,17 +759,56 @@ mod tests {
                 "abort_batch",
                 "begin_batch",
                 "begin_message",
-                "end_message x"
+                "end_message x",
+                "abort_batch"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn dropped_handles_undo_what_they_started() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let thread = DeliveryThread::spawn(Box::new(Recorder::new(&log))).unwrap();
+        let mut batch = thread.batch().await.unwrap();
+        let kept = message(&mut batch, &[b"a"]);
+        let dropped = batch.message(MessageMeta::default()).unwrap();
+        dropped.write(b"half").unwrap();
+        drop(dropped);
+        let after = message(&mut batch, &[b"b"]);
+        assert_eq!(name(kept.stored().await.unwrap()), "a");
+        assert_eq!(name(after.stored().await.unwrap()), "b");
+        let durable = batch.sync().await.unwrap();
+        drop(durable);
+        // An awaited abort: the batch is undone when it returns.
+        let batch = thread.batch().await.unwrap();
+        batch.abort().await;
+        assert_eq!(log_of(&log).last().unwrap(), "abort_batch");
+        drop(thread);
+        assert_eq!(
+            log_of(&log),
+            [
+                "begin_batch",
+                "begin_message",
+                "end_message a",
+                "begin_message",
+                "abort_message",
+                "begin_message",
+                "end_message b",
+                "sync_batch",
+                "abort_batch",
+                "begin_batch",
+                "abort_batch"
             ]
         );
     }
 
     #[tokio::test]
     async fn peek_sees_a_failure_without_waiting() {
-        let (_log, thread) = failing_on_bad().await;
-        let mut failing = message(&thread, &[b"bad"]);
+        let (_log, thread) = failing_on_bad();
+        let mut batch = thread.batch().await.unwrap();
+        let mut failing = message(&mut batch, &[b"bad"]);
         // Once the thread is past it, the answer is there.
-        thread.sync_batch().await.unwrap_err();
+        assert!(batch.sync().await.is_err());
         assert!(matches!(failing.peek(), Some(Err(_))));
         let err = failing.take_failure().unwrap();
         assert!(err.to_string().contains("disk full"), "{err}");
@@ -566,6 +822,8 @@ mod tests {
         target.gate = Some(gate);
         let thread = DeliveryThread::spawn(Box::new(target)).unwrap();
         let chunk = vec![b'x'; 1024 * 1024];
+        let (begun, _answer) = oneshot::channel();
+        thread.send(Op::BeginBatch(begun)).unwrap();
         thread
             .send(Op::BeginMessage(MessageMeta::default()))
             .unwrap();
@@ -587,6 +845,8 @@ mod tests {
             Err(PushError::Full(_))
         ));
         assert_eq!(thread.queue.lock().bytes, QUEUE_BYTES);
+        // An op without bytes (a handle's undo) never waits.
+        assert!(thread.queue.try_push(Op::AbortMessage).is_ok());
         // A blocked sender goes on once the thread catches up.
         let sender = {
             let queue = Arc::clone(&thread.queue);
@@ -613,10 +873,10 @@ mod runtime_tests {
     async fn a_slow_mda_does_not_block_the_runtime() {
         let mda = Mda::new("cat >/dev/null; sleep 0.6", Duration::from_secs(20));
         let thread = DeliveryThread::spawn(Box::new(mda)).unwrap();
-        thread.begin_batch().await.unwrap();
-        thread.begin_message(MessageMeta::default()).unwrap();
-        thread.write(b"Subject: x\n\nbody\n").unwrap();
-        let pending = thread.end_message().unwrap();
+        let mut batch = thread.batch().await.unwrap();
+        let message = batch.message(MessageMeta::default()).unwrap();
+        message.write(b"Subject: x\n\nbody\n").unwrap();
+        let pending = message.finish().unwrap();
         let started = Instant::now();
         let ticker = tokio::spawn(async move {
             let mut ticks = 0;

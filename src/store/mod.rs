@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
-use crate::deliver::{BatchMark, StoredMessage};
+use crate::deliver::{BatchToken, StoredMessage};
 pub use location::{decode_location, encode_location};
 pub use report::{AccountCounts, DeliveryRecord, MarkCounts, RunSummary};
 pub use skip_reason::{SkipKind, SkipReason};
@@ -28,7 +28,7 @@ pub use target_id::TargetId;
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many schema versions this program knows.
-const SCHEMA_VERSION: usize = 5;
+const SCHEMA_VERSION: usize = 6;
 
 fn migrations() -> Migrations<'static> {
     let all = vec![
@@ -43,6 +43,7 @@ fn migrations() -> Migrations<'static> {
             include_str!("../../migrations/0005_skip_reason_codes.sql"),
             encode_skip_reasons,
         ),
+        M::up(include_str!("../../migrations/0006_batch_token.sql")),
     ];
     debug_assert_eq!(all.len(), SCHEMA_VERSION);
     Migrations::new(all)
@@ -167,7 +168,9 @@ pub struct Intent {
 /// What an interrupted run left in the journal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Journal {
-    pub mark: Option<(TargetId, BatchMark)>,
+    /// The target of the batch in progress and its token (`None`: an old
+    /// mark that names nothing to undo).
+    pub mark: Option<(TargetId, Option<BatchToken>)>,
     pub intents: Vec<Intent>,
 }
 
@@ -473,20 +476,14 @@ impl Store {
         &mut self,
         account: AccountId,
         target: &TargetId,
-        mark: &BatchMark,
+        token: &BatchToken,
         now: i64,
     ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO batch_mark (account_id, target, mbox_length, created_at, tmp_prefix)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    account,
-                    target.encode(),
-                    mark.mbox_length.map(|l| l as i64),
-                    now,
-                    mark.tmp_prefix.as_deref()
-                ],
+                "INSERT OR REPLACE INTO batch_mark (account_id, target, created_at, token)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![account, target.encode(), now, token.as_str()],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -618,26 +615,14 @@ impl Store {
         let mark = self
             .conn
             .query_row(
-                "SELECT target, mbox_length, tmp_prefix FROM batch_mark WHERE account_id = ?1",
+                "SELECT target, token FROM batch_mark WHERE account_id = ?1",
                 [account],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<i64>>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
-                },
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
             )
             .optional()
             .map_err(|e| self.err(e))?
-            .map(|(target, len, tmp_prefix)| {
-                Ok::<_, StoreError>((
-                    target_id(target)?,
-                    BatchMark {
-                        mbox_length: len.map(|l| l as u64),
-                        tmp_prefix,
-                    },
-                ))
+            .map(|(target, token)| {
+                Ok::<_, StoreError>((target_id(target)?, token.map(BatchToken::from_journal)))
             })
             .transpose()?;
         let mut stmt = self

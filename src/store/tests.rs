@@ -85,10 +85,7 @@ fn batch_mark_survives_reopen() {
             .set_batch_mark(
                 acct,
                 &TargetId::Mbox("/x".into()),
-                &BatchMark {
-                    mbox_length: Some(42),
-                    tmp_prefix: None,
-                },
+                &BatchToken::from_journal("mbox:42".into()),
                 1,
             )
             .unwrap();
@@ -100,10 +97,7 @@ fn batch_mark_survives_reopen() {
         journal.mark,
         Some((
             TargetId::Mbox("/x".into()),
-            BatchMark {
-                mbox_length: Some(42),
-                tmp_prefix: None,
-            }
+            Some(BatchToken::from_journal("mbox:42".into()))
         ))
     );
     store.clear_journal(acct).unwrap();
@@ -261,17 +255,9 @@ fn retired_rows_that_prove_nothing_are_pruned_after_the_horizon() {
 /// migration turns every description into a `TargetId`, journal included.
 #[test]
 fn schema_4_converts_target_descriptions_of_an_old_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let path = state.join("state.db");
-    {
-        let mut conn = Connection::open(&path).unwrap();
-        let old = &migrations_before_target_ids();
-        Migrations::from_slice(old).to_latest(&mut conn).unwrap();
-        conn.execute_batch(
-            "INSERT INTO account (id, name, created_at) VALUES (1, 'a', 1);
+    let (_dir, path) = old_state(
+        &migrations_before_target_ids(),
+        "INSERT INTO account (id, name, created_at) VALUES (1, 'a', 1);
              INSERT INTO message (account_id, uid, first_seen, state, target, location, stored_size, sha256)
                  VALUES (1, 'd1', 1, 'delivered', 'maildir /home/u/Mail 100%', 'maildir:n1', 3, zeroblob(32)),
                         (1, 'd2', 1, 'delivered', 'mda `procmail -d u`', 'mda', 3, zeroblob(32));
@@ -279,10 +265,7 @@ fn schema_4_converts_target_descriptions_of_an_old_state() {
              INSERT INTO batch_mark (account_id, target, mbox_length, created_at) VALUES (1, 'mbox /m/in box', 7, 1);
              INSERT INTO intent (account_id, seq, uid, target, location, stored_size, sha256, created_at)
                  VALUES (1, 1, 'i1', 'mbox /m/in box', 'mbox:7:3', 3, zeroblob(32), 1);",
-        )
-        .unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    );
     let store = Store::open(&path).unwrap();
     let version: i64 = store
         .connection()
@@ -331,6 +314,48 @@ fn a_bad_target_text_is_a_bad_record() {
         .unwrap();
     let err = store.delivery_records(acct).unwrap_err().to_string();
     assert!(err.contains("bad target"), "{err}");
+}
+
+/// A batch mark written by schema 4 (a column per target kind) reads back
+/// as the token the target decodes, so an interrupted batch of the
+/// previous version is still recovered after the upgrade.
+#[test]
+fn batch_marks_of_schema_4_become_tokens() {
+    let mut schema_4 = migrations_before_target_ids();
+    schema_4.push(M::up(include_str!("../../migrations/0004_target_ids.sql")));
+    let (_dir, path) = old_state(
+        &schema_4,
+        "INSERT INTO account (id, name, created_at) VALUES (1, 'm', 1), (2, 'd', 1), (3, 'x', 1);
+         INSERT INTO batch_mark (account_id, target, mbox_length, created_at, tmp_prefix)
+             VALUES (1, '1:mbox:/m/in', 7, 1, NULL),
+                    (2, '1:maildir:/home/u/Mail', NULL, 1, '1700000000.M5P9'),
+                    (3, '1:maildir:/home/u/Mail', NULL, 1, NULL);",
+    );
+    let store = Store::open(&path).unwrap();
+    let token = |acct| store.pending_journal(acct).unwrap().mark.unwrap().1;
+    assert_eq!(token(1), Some(BatchToken::from_journal("mbox:7".into())));
+    assert_eq!(
+        token(2),
+        Some(BatchToken::from_journal("maildir:1700000000.M5P9".into()))
+    );
+    assert_eq!(token(3), None);
+}
+
+/// A private state directory whose state.db went through `migrations`
+/// only, then ran `sql`: what an older popsync left.
+fn old_state(migrations: &[M<'static>], sql: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = state.join("state.db");
+    let mut conn = Connection::open(&path).unwrap();
+    Migrations::from_slice(migrations)
+        .to_latest(&mut conn)
+        .unwrap();
+    conn.execute_batch(sql).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (dir, path)
 }
 
 fn migrations_before_target_ids() -> Vec<M<'static>> {

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::config::Account;
-use crate::deliver::thread::{DeliveryThread, PendingMessage, stopped};
+use crate::deliver::thread::{BatchHandle, DeliveryThread, PendingMessage, stopped};
 use crate::deliver::{DeliverError, MessageMeta, StoredMessage};
 use crate::pop3::Command;
 use crate::session::{BodyError, Session, SessionError};
@@ -110,11 +110,12 @@ impl Queue<'_> {
     }
 }
 
-/// Messages of the batch in progress: ended on the delivery thread, their
-/// stored form known once it has written them.
-#[derive(Default)]
-struct Batch {
-    started: Option<Instant>,
+/// The batch in progress: its handle on the delivery thread (dropped, the
+/// batch is undone) and its messages, ended there, their stored form known
+/// once the thread has written them.
+struct Batch<'t> {
+    handle: BatchHandle<'t>,
+    started: Instant,
     items: Vec<(String, PendingMessage, u32)>,
     /// Message bytes read (the stored size is known only at the close).
     bytes: u64,
@@ -124,7 +125,7 @@ struct Batch {
     checked: usize,
 }
 
-impl Batch {
+impl Batch<'_> {
     /// A failed write stops the run now, not at the batch's close. Looks
     /// only at what the thread already answered (it answers in order).
     fn check_stored(&mut self) -> Result<(), DeliverError> {
@@ -173,7 +174,7 @@ fn thousands(n: u64) -> String {
     out
 }
 
-impl Fetcher<'_> {
+impl<'a> Fetcher<'a> {
     /// Fetches `plan.fetch`, deletes `plan.delete` and (by policy) what it
     /// fetched. Returns the UIDs whose DELE the server accepted; they are
     /// gone only once QUIT succeeds.
@@ -199,8 +200,7 @@ impl Fetcher<'_> {
             in_flight: VecDeque::new(),
         };
         let mut deleted = Vec::new();
-        let mut batch = Batch::default();
-        let target_id = self.target_id;
+        let mut batch: Option<Batch<'a>> = None;
 
         loop {
             // A stop request: send no further RETR; what is in flight is
@@ -240,12 +240,13 @@ impl Fetcher<'_> {
                     queue.retr_bytes = queue.retr_bytes.saturating_sub(want.size);
                     let result = self.retrieve(want, &mut batch, &mut queue).await;
                     if let Err(e) = result {
-                        self.end_batch_after(&e, &mut batch, target_id).await;
+                        self.end_batch_after(&e, batch.take()).await;
                         return Err(e);
                     }
                     if let Some(bar) = &progress {
                         // Stored bytes, as the summary counts them, not LIST's.
-                        bar.set_message(super::human_bytes(self.report.new_bytes + batch.bytes));
+                        let bytes = batch.as_ref().map_or(0, |b| b.bytes);
+                        bar.set_message(super::human_bytes(self.report.new_bytes + bytes));
                         bar.inc(1);
                     }
                     let more = (queue.next < wanted.len() && !self.opts.stop_requested())
@@ -253,8 +254,9 @@ impl Fetcher<'_> {
                             .in_flight
                             .iter()
                             .any(|f| matches!(f, InFlight::Retr(_)));
-                    if !batch.items.is_empty() && (!more || self.batch_full(&batch)) {
-                        let committed = self.close_batch(&mut batch, target_id).await?;
+                    let full = batch.as_ref().is_some_and(|b| !more || self.batch_full(b));
+                    if let Some(done) = batch.take_if(|_| full) {
+                        let committed = self.close_batch(done).await?;
                         if self.delete_after_commit {
                             queue.deletes.extend(committed);
                         }
@@ -283,7 +285,7 @@ impl Fetcher<'_> {
     async fn retrieve(
         &mut self,
         want: &Wanted,
-        batch: &mut Batch,
+        batch: &mut Option<Batch<'a>>,
         queue: &mut Queue<'_>,
     ) -> Result<(), SyncError> {
         let line = self.session.read_status().await?;
@@ -297,18 +299,10 @@ impl Fetcher<'_> {
             ));
             return Ok(());
         }
-        if batch.started.is_none() {
-            let mark = self.delivery.begin_batch().await?;
-            if mark.needs_journal() {
-                let id = self.target_id;
-                let (store, acct, now) = (self.store, self.acct, self.opts.now);
-                if let Err(e) = with_store(store, |s| s.set_batch_mark(acct, id, &mark, now)) {
-                    let _ = self.delivery.abort_batch().await;
-                    return Err(e.into());
-                }
-            }
-            batch.started = Some(Instant::now());
-        }
+        let batch = match batch {
+            Some(batch) => batch,
+            slot @ None => slot.insert(self.open_batch().await?),
+        };
         let meta = MessageMeta {
             received_header: self.account.received_header.then(|| {
                 received::header(
@@ -319,25 +313,21 @@ impl Fetcher<'_> {
                 )
             }),
         };
-        self.delivery.begin_message(meta)?;
-        let delivery = self.delivery;
+        // Dropped on any early return: the message is undone.
+        let message = batch.handle.message(meta)?;
         let limit = body_limit(want.size);
         let mut capture = HeaderCapture::default();
         let body = self
             .session
             .read_body(limit, |chunk| {
                 capture.feed(chunk);
-                delivery.write(chunk)
+                message.write(chunk)
             })
             .await;
         let stats = match body {
             Ok(stats) => stats,
-            Err(BodyError::Sink(e)) => {
-                self.delivery.abort_message();
-                return Err(e.into());
-            }
+            Err(BodyError::Sink(e)) => return Err(e.into()),
             Err(BodyError::Session(e)) => {
-                self.delivery.abort_message();
                 if matches!(e, SessionError::BodyTooLarge { .. }) {
                     let reason = SkipReason::LongerThanListed {
                         limit,
@@ -355,15 +345,12 @@ impl Fetcher<'_> {
                 return Err(e.into());
             }
         };
-        if let Err(e) = self.confirm_in_step(want, queue).await {
-            self.delivery.abort_message();
-            return Err(e);
-        }
+        self.confirm_in_step(want, queue).await?;
         self.list_sizes.fetched += 1;
         if stats.crlf_size() != want.size {
             self.list_sizes.differ += 1;
         }
-        let pending = self.delivery.end_message()?;
+        let pending = message.finish()?;
         batch.bytes += stats.bytes;
         let uid = match &want.uid {
             Some(uid) => uid.clone(),
@@ -418,45 +405,70 @@ impl Fetcher<'_> {
         }
     }
 
-    fn batch_full(&self, batch: &Batch) -> bool {
+    fn batch_full(&self, batch: &Batch<'_>) -> bool {
         let limits = self.opts.limits;
         batch.items.len() >= limits.messages
             || batch.bytes >= limits.bytes
-            || batch.started.is_some_and(|t| t.elapsed() >= limits.time)
+            || batch.started.elapsed() >= limits.time
+    }
+
+    /// Starts a batch on the delivery thread and journals its token before
+    /// anything is written.
+    async fn open_batch(&mut self) -> Result<Batch<'a>, SyncError> {
+        let handle = self.delivery.batch().await?;
+        if let Some(token) = handle.token() {
+            let (store, acct, id, now) = (self.store, self.acct, self.target_id, self.opts.now);
+            // On an error the handle is dropped: the empty batch is undone.
+            with_store(store, |s| s.set_batch_mark(acct, id, token, now))?;
+        }
+        Ok(Batch {
+            handle,
+            started: Instant::now(),
+            items: Vec::new(),
+            bytes: 0,
+            headers: VecDeque::new(),
+            checked: 0,
+        })
     }
 
     /// Stored (waiting for the delivery thread) -> durable -> journaled ->
     /// published -> committed. Returns the committed messages as (msg, uid)
     /// for deletion.
-    async fn close_batch(
-        &mut self,
-        batch: &mut Batch,
-        target_id: &TargetId,
-    ) -> Result<Vec<(u32, String)>, SyncError> {
-        let (store, acct, now) = (self.store, self.acct, self.opts.now);
-        let mut stored = Vec::with_capacity(batch.items.len());
-        for (uid, pending, msg) in std::mem::take(&mut batch.items) {
+    async fn close_batch(&mut self, batch: Batch<'a>) -> Result<Vec<(u32, String)>, SyncError> {
+        let (store, acct, now, target_id) = (self.store, self.acct, self.opts.now, self.target_id);
+        let Batch {
+            handle,
+            items,
+            headers,
+            ..
+        } = batch;
+        let mut stored = Vec::with_capacity(items.len());
+        for (uid, pending, msg) in items {
             match pending.stored().await {
                 Ok(s) => stored.push((uid, s, msg)),
                 Err(e) => {
-                    self.abort_batch(batch).await;
+                    self.forget_batch(handle.abort()).await;
                     return Err(e.into());
                 }
             }
         }
-        if let Err(e) = self.delivery.sync_batch().await {
-            self.abort_batch(batch).await;
-            return Err(e.into());
-        }
+        let durable = match handle.sync().await {
+            Ok(durable) => durable,
+            Err(e) => {
+                // The thread undid the batch before it answered.
+                self.forget_batch(async {}).await;
+                return Err(e.into());
+            }
+        };
         let items: Vec<(&str, &StoredMessage)> =
             stored.iter().map(|(u, s, _)| (u.as_str(), s)).collect();
         if let Err(e) = with_store(store, |s| s.journal(acct, target_id, &items, now)) {
-            self.abort_batch(batch).await;
+            self.forget_batch(durable.abort()).await;
             return Err(e.into());
         }
         // From here on the journal knows the batch: on failure the next run's
         // recovery commits what reached its place; nothing is undone here.
-        self.delivery.publish_batch().await?;
+        durable.publish().await?;
         // Durable only when DELEs of this batch follow; otherwise the
         // journal already guarantees recovery (see commit_delivered).
         let durable = self.delete_after_commit;
@@ -471,40 +483,38 @@ impl Fetcher<'_> {
         self.report
             .delivered
             .extend(stored.into_iter().map(|(_, s, _)| s));
-        for header in batch.headers.drain(..) {
+        for header in headers {
             keep_newest(&mut self.report.newest_headers, header);
         }
-        *batch = Batch::default();
         Ok(committed)
     }
 
     /// After a failed RETR: when the server (not the target) failed, the
     /// batch's complete messages are kept, so that a poison message or a
     /// flaky link cannot undo a run's progress again and again.
-    async fn end_batch_after(&mut self, err: &SyncError, batch: &mut Batch, target_id: &TargetId) {
+    async fn end_batch_after(&mut self, err: &SyncError, batch: Option<Batch<'a>>) {
+        let Some(batch) = batch else {
+            return;
+        };
         if matches!(err, SyncError::Session(_)) && !batch.items.is_empty() {
-            if let Err(e) = self.close_batch(batch, target_id).await {
+            if let Err(e) = self.close_batch(batch).await {
                 self.report
                     .warn(format!("could not keep the messages received so far: {e}"));
             }
         } else {
-            self.abort_batch(batch).await;
+            self.forget_batch(batch.handle.abort()).await;
         }
     }
 
-    async fn abort_batch(&mut self, batch: &mut Batch) {
-        if batch.started.is_some() {
-            if let Err(e) = self.delivery.abort_batch().await {
-                self.report
-                    .warn(format!("could not undo the unfinished batch: {e}"));
-            }
-            let (store, acct) = (self.store, self.acct);
-            if let Err(e) = with_store(store, |s| s.clear_journal(acct)) {
-                self.report
-                    .warn(format!("could not clear the journal: {e}"));
-            }
+    /// Clears the journal once `undone` (the thread undoing the batch) is:
+    /// cleared first, a crash would leave an undone batch's bytes unnamed.
+    async fn forget_batch(&mut self, undone: impl std::future::Future<Output = ()>) {
+        undone.await;
+        let (store, acct) = (self.store, self.acct);
+        if let Err(e) = with_store(store, |s| s.clear_journal(acct)) {
+            self.report
+                .warn(format!("could not clear the journal: {e}"));
         }
-        *batch = Batch::default();
     }
 
     fn progress_bar(&self, wanted: &[Wanted]) -> Option<indicatif::ProgressBar> {

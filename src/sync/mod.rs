@@ -601,8 +601,8 @@ fn recover(
         return Ok(());
     }
     let pending: Vec<_> = journal.intents.iter().map(|i| i.stored.clone()).collect();
-    let intact =
-        blocking(|| target.recover(journal.mark.as_ref().map(|(_, m)| m.clone()), &pending))?;
+    let token = journal.mark.as_ref().and_then(|(_, token)| token.as_ref());
+    let intact = blocking(|| target.recover(token, &pending))?;
     let committed: Vec<(&str, &crate::deliver::StoredMessage)> = journal
         .intents
         .iter()

@@ -4,6 +4,7 @@
 use crate::support;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 
 use popsync::deliver::{MessageMeta, Target, maildir::Maildir, mbox::parse_mboxrd};
@@ -265,20 +266,20 @@ fn journaled_but_uncommitted_maildir_batch_is_not_delivered_twice() {
     let mut store = Store::open_in(&p.state_dir).unwrap();
     let acct = store.account("alice", 1).unwrap();
     let mut target = Maildir::open(maildir.path()).unwrap();
-    target.begin_batch().unwrap();
+    let mut batch = target.batch().unwrap();
     let mut items = Vec::new();
     for (uid, body) in served.iter().take(2) {
-        target.begin_message(&MessageMeta::default()).unwrap();
-        target.write(body).unwrap();
-        items.push((uid.clone(), target.end_message().unwrap()));
+        let mut message = batch.message(&MessageMeta::default()).unwrap();
+        message.write_all(body).unwrap();
+        items.push((uid.clone(), message.finish().unwrap()));
     }
-    target.sync_batch().unwrap();
+    let batch = batch.sync().unwrap();
     let refs: Vec<(&str, &popsync::deliver::StoredMessage)> =
         items.iter().map(|(u, s)| (u.as_str(), s)).collect();
     store
         .journal(acct, &TargetId::Maildir(maildir.path().into()), &refs, 1)
         .unwrap();
-    target.publish_batch().unwrap();
+    batch.publish().unwrap();
     drop(store);
 
     p.run(&["sync"]).expect_code(0);
@@ -306,10 +307,7 @@ fn torn_mbox_append_is_repaired() {
         .set_batch_mark(
             acct,
             &desc,
-            &popsync::deliver::BatchMark {
-                mbox_length: Some(len),
-                tmp_prefix: None,
-            },
+            &popsync::deliver::BatchToken::from_journal(format!("mbox:{len}")),
             1,
         )
         .unwrap();
