@@ -294,10 +294,7 @@ fn torn_mbox_append_is_repaired() {
     d.add_messages("alice", &tricky_messages(5));
     let dir = tempfile::tempdir().unwrap();
     let mbox = dir.path().join("inbox");
-    let mut a = AccountToml::tls("alice", &d, "alice");
-    a.mbox(&mbox);
-    let p = Popsync::new(&a.render());
-    p.run(&["sync"]).expect_code(0);
+    let p = synced_into_mbox(&d, &mbox);
 
     let len = std::fs::metadata(&mbox).unwrap().len();
     let mut store = Store::open_in(&p.state_dir).unwrap();
@@ -312,16 +309,7 @@ fn torn_mbox_append_is_repaired() {
         )
         .unwrap();
     drop(store);
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&mbox)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut f,
-        b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\nSubject: torn\n\npart",
-    )
-    .unwrap();
-    drop(f);
+    append_torn_message(&mbox);
 
     d.add_messages("alice", &tricky_messages(2));
     p.run(&["sync"]).expect_code(0);
@@ -330,16 +318,105 @@ fn torn_mbox_append_is_repaired() {
         sorted(stored),
         values(&served_messages(&d, "alice", "secret1"))
     );
-    let recovered: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("popsync-recovered"))
-        .collect();
     assert_eq!(
-        recovered.len(),
+        recovery_files(dir.path()).len(),
         1,
         "the torn tail is kept aside, not dropped"
     );
+}
+
+/// alice's mailbox synced once into `mbox`.
+fn synced_into_mbox(d: &Dovecot, mbox: &std::path::Path) -> Popsync {
+    let mut a = AccountToml::tls("alice", d, "alice");
+    a.mbox(mbox);
+    let p = Popsync::new(&a.render());
+    p.run(&["sync"]).expect_code(0);
+    p
+}
+
+/// What a run killed in the middle of an mbox append leaves at its end.
+fn append_torn_message(mbox: &std::path::Path) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(mbox).unwrap();
+    f.write_all(b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\nSubject: torn\n\npart")
+        .unwrap();
+}
+
+/// The files recovery moved torn mbox tails into, beside the mbox.
+fn recovery_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("popsync-recovered"))
+        .collect()
+}
+
+/// Turns a state.db back into what the previous version (schema 4) kept,
+/// with the batch mark it wrote for an interrupted batch: a column per
+/// target kind, no token.
+fn downgrade_to_schema_4_with_mark(
+    state_dir: &std::path::Path,
+    target: &TargetId,
+    column: &str,
+    value: rusqlite::types::Value,
+) {
+    let db = rusqlite::Connection::open(state_dir.join("state.db")).unwrap();
+    db.execute_batch("ALTER TABLE batch_mark DROP COLUMN token; PRAGMA user_version = 4;")
+        .unwrap();
+    db.execute(
+        &format!(
+            "INSERT INTO batch_mark (account_id, target, created_at, {column})
+             SELECT id, ?1, 1, ?2 FROM account WHERE name = 'alice'"
+        ),
+        rusqlite::params![target.encode(), value],
+    )
+    .unwrap();
+}
+
+/// A batch mark the previous version journaled before it was killed is
+/// still honoured after the upgrade: the torn mbox tail is moved aside, the
+/// maildir batch's own tmp/ files are removed (and nothing else).
+#[test]
+fn an_interrupted_batch_of_the_previous_version_is_recovered_after_upgrade() {
+    let d = Dovecot::start();
+    d.add_messages("alice", &tricky_messages(3));
+    let dir = tempfile::tempdir().unwrap();
+
+    let mbox = dir.path().join("inbox");
+    let p = synced_into_mbox(&d, &mbox);
+    let len = std::fs::metadata(&mbox).unwrap().len();
+    let id = TargetId::Mbox(mbox.clone());
+    downgrade_to_schema_4_with_mark(&p.state_dir, &id, "mbox_length", (len as i64).into());
+    append_torn_message(&mbox);
+    p.run(&["sync"]).expect_code(0);
+    let stored = parse_mboxrd(&std::fs::read(&mbox).unwrap());
+    assert_eq!(
+        sorted(stored),
+        values(&served_messages(&d, "alice", "secret1"))
+    );
+    assert_eq!(
+        recovery_files(dir.path()).len(),
+        1,
+        "the torn tail is kept aside"
+    );
+
+    let maildir = dir.path().join("Mail");
+    let mut a = AccountToml::tls("alice", &d, "alice");
+    a.maildir(&maildir);
+    let p = Popsync::new(&a.render());
+    p.run(&["sync"]).expect_code(0);
+    let prefix = "1700000000.M1P99";
+    let ours = maildir.join(format!("tmp/{prefix}Q3.host"));
+    let foreign = maildir.join("tmp/1700000000.M1P98Q3.host");
+    std::fs::write(&ours, b"half a message").unwrap();
+    std::fs::write(&foreign, b"another deliverer's").unwrap();
+    let id = TargetId::Maildir(maildir.clone());
+    downgrade_to_schema_4_with_mark(&p.state_dir, &id, "tmp_prefix", prefix.to_string().into());
+    p.run(&["sync"]).expect_code(0);
+    assert!(
+        !ours.exists(),
+        "the interrupted batch's own file is removed"
+    );
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"another deliverer's");
 }
 
 /// The engine's hooks for the daemon: the report keeps only the newest
