@@ -26,7 +26,7 @@ use super::{
 use crate::ownership::{self, UnsafePath};
 
 /// The kind of this target's batch tokens: `maildir:PREFIX`.
-pub(crate) const TOKEN_KIND: &str = "maildir";
+const TOKEN_KIND: &str = "maildir";
 
 /// Per-process counter for the `Q<n>` part of unique names.
 static DELIVERY_COUNTER: AtomicU64 = AtomicU64::new(0);

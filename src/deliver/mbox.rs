@@ -17,7 +17,7 @@ use super::{
 };
 
 /// The kind of this target's batch tokens: `mbox:LENGTH`.
-pub(crate) const TOKEN_KIND: &str = "mbox";
+const TOKEN_KIND: &str = "mbox";
 
 /// Default time to wait for the locks before reporting `Locked`.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,7 +150,7 @@ impl Mbox {
         })
     }
 
-    /// How long `begin_batch`/`recover` wait for the locks (default 10 s).
+    /// How long `batch`/`recover` wait for the locks (default 10 s).
     pub fn with_lock_timeout(mut self, timeout: Duration) -> Mbox {
         self.lock_timeout = timeout;
         self

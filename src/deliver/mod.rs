@@ -80,7 +80,7 @@ impl BatchToken {
     }
 }
 
-/// Per-message data the engine passes to `begin_message`.
+/// Per-message data for [`Batch::message`].
 #[derive(Debug, Clone, Default)]
 pub struct MessageMeta {
     /// An optional trace header line (ending in `\n`) written before the message.

@@ -7,8 +7,8 @@
 //! Both sides hold RAII handles. The engine gets a [`BatchHandle`] (then a
 //! [`DurableHandle`]) and [`MessageHandle`]s; dropping one unfinished sends
 //! the op that undoes it, without waiting. The thread holds the target's
-//! [`Batch`] and [`Message`] in the frames of [`serve_batch`] and
-//! [`serve_message`], so their lifetimes are the ones the engine's handles
+//! [`Batch`] and [`Message`](super::Message) in the frames of `serve_batch` and
+//! `serve_message`, so their lifetimes are the ones the engine's handles
 //! describe. Ops run in the order they are sent. Message writes are not
 //! answered one by one: [`MessageHandle::finish`] hands back a
 //! [`PendingMessage`] that resolves once the thread has stored it. After
