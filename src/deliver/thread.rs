@@ -867,6 +867,34 @@ mod runtime_tests {
     use crate::deliver::mda::Mda;
     use std::time::{Duration, Instant};
 
+    /// The engine's handles undo through the thread what a real maildir
+    /// wrote: a dropped message, then a dropped batch, leave only the
+    /// foreign file in tmp/.
+    #[tokio::test]
+    async fn dropped_handles_undo_a_real_maildirs_writes() {
+        let td = tempfile::tempdir().unwrap();
+        let tmp = td.path().join("tmp");
+        let md = crate::deliver::maildir::Maildir::open(td.path()).unwrap();
+        std::fs::write(tmp.join("foreign"), b"not ours").unwrap();
+        let thread = DeliveryThread::spawn(Box::new(md)).unwrap();
+        let files = || std::fs::read_dir(&tmp).unwrap().count();
+        let mut batch = thread.batch().await.unwrap();
+        let message = batch.message(MessageMeta::default()).unwrap();
+        message.write(b"Subject: kept\n\nbody\n").unwrap();
+        message.finish().unwrap().stored().await.unwrap();
+        let message = batch.message(MessageMeta::default()).unwrap();
+        message.write(b"Subject: half\n\nthe first").unwrap();
+        drop(message);
+        // Ops run in order: once a later answer is in, the drop was done.
+        let probe = batch.message(MessageMeta::default()).unwrap();
+        probe.finish().unwrap().stored().await.unwrap();
+        assert_eq!(files(), 3, "foreign, kept, probe");
+        batch.abort().await;
+        assert_eq!(files(), 1);
+        assert!(tmp.join("foreign").exists());
+        assert_eq!(std::fs::read_dir(td.path().join("new")).unwrap().count(), 0);
+    }
+
     /// A slow MDA keeps only its own thread busy: the runtime (here a single
     /// thread, where any blocking call would stall everything) keeps ticking.
     #[tokio::test(flavor = "current_thread")]
