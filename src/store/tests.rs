@@ -316,15 +316,22 @@ fn a_bad_target_text_is_a_bad_record() {
     assert!(err.contains("bad target"), "{err}");
 }
 
-/// A batch mark written by schema 4 (a column per target kind) reads back
+/// A batch mark written by schema 5 (a column per target kind) reads back
 /// as the token the target decodes, so an interrupted batch of the
 /// previous version is still recovered after the upgrade.
 #[test]
-fn batch_marks_of_schema_4_become_tokens() {
-    let mut schema_4 = migrations_before_target_ids();
-    schema_4.push(M::up(include_str!("../../migrations/0004_target_ids.sql")));
+fn batch_marks_of_schema_5_become_tokens() {
+    let mut schema_5 = migrations_before_target_ids();
+    schema_5.push(M::up_with_hook(
+        include_str!("../../migrations/0004_target_ids.sql"),
+        encode_target_columns,
+    ));
+    schema_5.push(M::up_with_hook(
+        include_str!("../../migrations/0005_skip_reason_codes.sql"),
+        encode_skip_reasons,
+    ));
     let (_dir, path) = old_state(
-        &schema_4,
+        &schema_5,
         "INSERT INTO account (id, name, created_at) VALUES (1, 'm', 1), (2, 'd', 1), (3, 'x', 1);
          INSERT INTO batch_mark (account_id, target, mbox_length, created_at, tmp_prefix)
              VALUES (1, '1:mbox:/m/in', 7, 1, NULL),

@@ -350,17 +350,17 @@ fn recovery_files(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Turns a state.db back into what the previous version (schema 4) kept,
+/// Turns a state.db back into what the previous version (schema 5) kept,
 /// with the batch mark it wrote for an interrupted batch: a column per
 /// target kind, no token.
-fn downgrade_to_schema_4_with_mark(
+fn downgrade_to_schema_5_with_mark(
     state_dir: &std::path::Path,
     target: &TargetId,
     column: &str,
     value: rusqlite::types::Value,
 ) {
     let db = rusqlite::Connection::open(state_dir.join("state.db")).unwrap();
-    db.execute_batch("ALTER TABLE batch_mark DROP COLUMN token; PRAGMA user_version = 4;")
+    db.execute_batch("ALTER TABLE batch_mark DROP COLUMN token; PRAGMA user_version = 5;")
         .unwrap();
     db.execute(
         &format!(
@@ -385,7 +385,7 @@ fn an_interrupted_batch_of_the_previous_version_is_recovered_after_upgrade() {
     let p = synced_into_mbox(&d, &mbox);
     let len = std::fs::metadata(&mbox).unwrap().len();
     let id = TargetId::Mbox(mbox.clone());
-    downgrade_to_schema_4_with_mark(&p.state_dir, &id, "mbox_length", (len as i64).into());
+    downgrade_to_schema_5_with_mark(&p.state_dir, &id, "mbox_length", (len as i64).into());
     append_torn_message(&mbox);
     p.run(&["sync"]).expect_code(0);
     let stored = parse_mboxrd(&std::fs::read(&mbox).unwrap());
@@ -410,7 +410,7 @@ fn an_interrupted_batch_of_the_previous_version_is_recovered_after_upgrade() {
     std::fs::write(&ours, b"half a message").unwrap();
     std::fs::write(&foreign, b"another deliverer's").unwrap();
     let id = TargetId::Maildir(maildir.clone());
-    downgrade_to_schema_4_with_mark(&p.state_dir, &id, "tmp_prefix", prefix.to_string().into());
+    downgrade_to_schema_5_with_mark(&p.state_dir, &id, "tmp_prefix", prefix.to_string().into());
     p.run(&["sync"]).expect_code(0);
     assert!(
         !ours.exists(),
