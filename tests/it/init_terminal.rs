@@ -64,6 +64,7 @@ fn init_at_its_prompts_hides_the_password_asks_again_after_a_refusal_and_writes_
     );
     tmux.send("alice");
     tmux.wait_for(PASSWORD_PROMPT);
+    tmux.wait_for_echo_off();
     tmux.send("wrong-secret-7");
     // One line saying what was refused, then the same question again.
     let screen = tmux.wait_until("a second password prompt", |s| {
@@ -76,6 +77,7 @@ fn init_at_its_prompts_hides_the_password_asks_again_after_a_refusal_and_writes_
         !p.config.exists(),
         "nothing is written before a login works"
     );
+    tmux.wait_for_echo_off();
     tmux.send(password);
     let screen = tmux.wait_for("next: popsync sync alice");
     assert_eq!(tmux.exit_status(), 0, "{screen}");
@@ -119,6 +121,7 @@ fn init_at_its_prompts_gives_up_after_three_refused_passwords_with_exit_4() {
                 .count()
                 == attempt
         });
+        tmux.wait_for_echo_off();
         tmux.send(&format!("wrong-{attempt}"));
     }
     assert_eq!(tmux.exit_status(), 4);

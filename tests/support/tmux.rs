@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 /// The pane's session name.
 const SESSION: &str = "lab";
 
+/// What the pane shows, followed by the status and `]`, once the command exited.
+const EXITED: &str = "[exited with status ";
+
 pub fn tmux_available() -> bool {
     Command::new("tmux")
         .arg("-V")
@@ -29,6 +32,9 @@ impl Tmux {
             socket: dir.join("tmux.sock"),
         };
         let (w, h) = (width.to_string(), height.to_string());
+        // The shell reports the status on the screen: tmux's own
+        // #{pane_dead_status} is sometimes empty on a loaded machine.
+        let command = format!("{command}; echo \"{EXITED}$?]\"");
         let out = tmux.cmd(&[
             "-f",
             "/dev/null",
@@ -40,7 +46,7 @@ impl Tmux {
             &w,
             "-y",
             &h,
-            command,
+            &command,
         ]);
         assert!(out.status.success(), "tmux new-session: {out:?}");
         // Keep the pane after the command exits, to read its last lines.
@@ -82,7 +88,8 @@ impl Tmux {
             }
             assert!(
                 Instant::now() < deadline,
-                "no {what} on the screen:\n{screen}"
+                "no {what} on the screen (still running: {}):\n{screen}",
+                self.processes()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -95,35 +102,48 @@ impl Tmux {
 
     /// The command's exit status, once it has exited (bounded wait).
     pub fn exit_status(&self) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = self.cmd(&[
-                "display-message",
-                "-p",
-                "-t",
-                SESSION,
-                "#{pane_dead} #{pane_dead_status}",
-            ]);
-            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if let Some(status) = text.strip_prefix("1 ") {
-                return status.parse().expect("pane_dead_status");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the command did not exit ({text:?}; processes: {}):\n{}",
-                self.processes(),
-                self.screen()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let screen = self.wait_until("the exit status", |s| s.contains(EXITED));
+        let status = screen.rsplit(EXITED).next().unwrap_or_default();
+        let status = status.split(']').next().unwrap_or_default();
+        status
+            .parse()
+            .unwrap_or_else(|_| panic!("no exit status on the screen:\n{screen}"))
     }
 }
 
 impl Tmux {
+    /// The pane's terminal, `/dev/pts/N`.
+    fn tty(&self) -> String {
+        let out = self.cmd(&["display-message", "-p", "-t", SESSION, "#{pane_tty}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits until the pane's terminal no longer echoes what is typed (the
+    /// program turned echo off, as it must before reading a password).
+    pub fn wait_for_echo_off(&self) {
+        let tty = self.tty();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new("stty")
+                .args(["-a", "-F", &tty])
+                .output()
+                .expect("run stty");
+            let settings = String::from_utf8_lossy(&out.stdout).into_owned();
+            if settings.split_whitespace().any(|flag| flag == "-echo") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tty} still echoes: {settings}\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What still runs on the pane's terminal (for a failure message).
     fn processes(&self) -> String {
-        let out = self.cmd(&["display-message", "-p", "-t", SESSION, "#{pane_tty}"]);
-        let tty = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let tty = self.tty();
         let tty = tty.strip_prefix("/dev/").unwrap_or(&tty).to_string();
         let ps = Command::new("ps")
             .args(["-o", "pid,stat,wchan:32,args", "-t", &tty])
