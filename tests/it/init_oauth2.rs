@@ -10,8 +10,11 @@ use std::process::{Command, Stdio};
 
 use support::dns::Dnsmasq;
 use support::dovecot::{Dovecot, DovecotOptions};
-use support::oidc::{Browser, CLIENT_ID, LineReader, OidcProvider, device_prompt, finish};
-use support::popsync::{Popsync, Run, maildir_messages};
+use support::oidc::{
+    Browser, CLIENT_ID, LineReader, OidcProvider, device_prompt, finish, parse_device_prompt,
+};
+use support::popsync::{BIN, Popsync, Run, maildir_messages};
+use support::tmux::{Tmux, tmux_available};
 
 struct World {
     idp: OidcProvider,
@@ -161,4 +164,43 @@ fn init_with_oauth2_and_no_terminal_names_the_next_command_and_refuses_mistakes(
         "{}",
         sync.stderr()
     );
+}
+
+#[test]
+fn init_on_a_terminal_asks_for_the_issuer_and_client_id_then_signs_in() {
+    if !tmux_available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (scripts/test installs it): apt-get install tmux"
+        );
+        return;
+    }
+    let w = world();
+    let command = format!(
+        "env POPSYNC_TEST_DNS={} POPSYNC_NO_BROWSER=1 '{BIN}' -c '{}' init alice@example.test --ca-file '{}' --maildir '{}' --oauth2 custom",
+        w.dns.addr,
+        w.p.config.display(),
+        w.dovecot.pki.ca_pem.display(),
+        w.p.path("mail").display()
+    );
+    let tmux = Tmux::start(w.p.dir.path(), &command, 400, 50);
+    tmux.wait_for("Login name [alice@example.test]:");
+    tmux.send("alice");
+    tmux.wait_for("OAuth2 issuer URL (serves /.well-known/openid-configuration):");
+    tmux.send(&w.idp.issuer());
+    tmux.wait_for("OAuth2 client id of the app you registered at your provider");
+    tmux.send(CLIENT_ID);
+    let screen = tmux.wait_until("the device code", |s| {
+        s.lines().any(|l| parse_device_prompt(l).is_some())
+    });
+    let (uri, code) = screen.lines().find_map(parse_device_prompt).unwrap();
+    Browser::new("alice").approve_device(&uri, &code);
+    assert_eq!(tmux.exit_status(), 0, "{}", tmux.screen());
+    let screen = tmux.screen();
+    assert!(screen.contains("added [account.alice] to"), "{screen}");
+    assert!(screen.contains("logged in to localhost"), "{screen}");
+
+    w.dovecot
+        .add_message("alice", b"From: a@example.org\nSubject: one\n\nbody\n");
+    w.p.run(&["sync"]).expect_code(0);
+    assert_eq!(maildir_messages(&w.p.path("mail")).len(), 1);
 }

@@ -339,10 +339,13 @@ pub fn finish(mut child: Child, out: LineReader) -> Run {
 /// The verification URI and user code `popsync login` prints for the device
 /// flow (bounded wait).
 pub fn device_prompt(out: &LineReader) -> (String, String) {
-    out.wait_for(Duration::from_secs(60), |line| {
-        let rest = line.split_once(" open ")?.1;
-        let (uri, rest) = rest.split_once(" in a browser")?;
-        let code = rest.split_once("enter the code ")?.1;
-        Some((uri.to_string(), code.trim().to_string()))
-    })
+    out.wait_for(Duration::from_secs(60), parse_device_prompt)
+}
+
+/// The verification URI and user code in one line of `popsync login`.
+pub fn parse_device_prompt(line: &str) -> Option<(String, String)> {
+    let rest = line.split_once(" open ")?.1;
+    let (uri, rest) = rest.split_once(" in a browser")?;
+    let code = rest.split_once("enter the code ")?.1;
+    Some((uri.to_string(), code.trim().to_string()))
 }
