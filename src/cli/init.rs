@@ -190,8 +190,12 @@ pub async fn run(config_path: PathBuf, args: Args) -> Result<Exit, Failure> {
     };
     let table = render(&account);
     // What is written must load: the same checks as every other command.
-    let parsed =
-        crate::config::Config::parse(&format!("state_dir = \"/\"\n{table}"), &config_path)?;
+    let parsed = crate::config::Config::parse(&format!("state_dir = \"/\"\n{table}"), &config_path)
+        .map_err(|e| {
+            usage(format!(
+                "{e} (in the account made from your answers: the flag of that name says what to change; nothing was written)"
+            ))
+        })?;
     if let Some(settings) = parsed.accounts.first().and_then(|a| a.oauth2()) {
         check_provider(&name, settings, &config_path).await?;
     }
