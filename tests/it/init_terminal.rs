@@ -12,17 +12,21 @@ use support::dovecot::Dovecot;
 use support::popsync::{BIN, Popsync, maildir_messages};
 use support::tmux::{Tmux, tmux_available};
 
-/// `popsync init` with no address, on a terminal, resolving through `dns`;
-/// only the private CA and the maildir come as flags.
-fn start_init(p: &Popsync, dns: &Dnsmasq, d: &Dovecot) -> Tmux {
-    let command = format!(
+/// `popsync init` with no address, resolving through `dns`; only the
+/// private CA and the maildir come as flags.
+fn init_command(p: &Popsync, dns: &Dnsmasq, d: &Dovecot) -> String {
+    format!(
         "env POPSYNC_TEST_DNS={} '{BIN}' -c '{}' init --ca-file '{}' --maildir '{}'",
         dns.addr,
         p.config.display(),
         d.pki.ca_pem.display(),
         p.path("Mail/alice").display()
-    );
-    Tmux::start(p.dir.path(), &command, 400, 50)
+    )
+}
+
+/// [`init_command`] on a terminal.
+fn start_init(p: &Popsync, dns: &Dnsmasq, d: &Dovecot) -> Tmux {
+    Tmux::start(p.dir.path(), &init_command(p, dns, d), 400, 50)
 }
 
 fn world() -> Option<(Dovecot, Dnsmasq, Popsync)> {
@@ -138,4 +142,37 @@ fn init_at_its_prompts_gives_up_after_three_refused_passwords_with_exit_4() {
     assert!(!screen.contains("wrong-1"), "{screen}");
     assert!(!p.config.exists());
     let _ = d;
+}
+
+#[test]
+fn ctrl_c_at_the_password_prompt_leaves_the_terminal_as_it_was() {
+    let Some((d, dns, p)) = world() else { return };
+    // The shell in the pane records the terminal's settings around init.
+    let (before, after) = (p.path("stty-before"), p.path("stty-after"));
+    let command = format!(
+        "stty -g > '{}'; {}; echo \"init: $?\"; stty -g > '{}'",
+        before.display(),
+        init_command(&p, &dns, &d),
+        after.display()
+    );
+    let tmux = Tmux::start(p.dir.path(), &command, 400, 50);
+    tmux.wait_for("Mail address:");
+    tmux.send("alice@example.test");
+    tmux.wait_for("Login name [alice@example.test]:");
+    tmux.send("alice");
+    tmux.wait_for(PASSWORD_PROMPT);
+    tmux.wait_for_echo_off();
+    tmux.key("C-c");
+    let status = tmux.exit_status();
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        read(&after),
+        read(&before),
+        "the terminal's settings changed:\n{}",
+        tmux.screen()
+    );
+    assert_eq!(status, 0, "the last stty ran");
+    // Killed by SIGINT, as a shell expects of Ctrl-C (128 + 2).
+    assert!(tmux.screen().contains("init: 130"), "{}", tmux.screen());
+    assert!(!p.config.exists());
 }

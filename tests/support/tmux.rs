@@ -71,6 +71,26 @@ impl Tmux {
         assert!(out.status.success(), "{out:?}");
     }
 
+    /// Presses one key, in tmux's names (`C-c`, `Enter`).
+    pub fn key(&self, key: &str) {
+        let out = self.cmd(&["send-keys", "-t", SESSION, key]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// The pane's terminal settings, as `stty -a` lists them (while the
+    /// command runs: a dead pane has no terminal).
+    pub fn stty(&self) -> Vec<String> {
+        let out = Command::new("stty")
+            .args(["-a", "-F", &self.tty()])
+            .output()
+            .expect("run stty");
+        String::from_utf8_lossy(&out.stdout)
+            .split([' ', ';', '\n'])
+            .filter(|flag| !flag.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The pane with its scrollback.
     pub fn screen(&self) -> String {
         let out = self.cmd(&["capture-pane", "-p", "-t", SESSION, "-S", "-200"]);
@@ -121,20 +141,15 @@ impl Tmux {
     /// Waits until the pane's terminal no longer echoes what is typed (the
     /// program turned echo off, as it must before reading a password).
     pub fn wait_for_echo_off(&self) {
-        let tty = self.tty();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = Command::new("stty")
-                .args(["-a", "-F", &tty])
-                .output()
-                .expect("run stty");
-            let settings = String::from_utf8_lossy(&out.stdout).into_owned();
-            if settings.split_whitespace().any(|flag| flag == "-echo") {
+            let settings = self.stty();
+            if settings.iter().any(|flag| flag == "-echo") {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{tty} still echoes: {settings}\n{}",
+                "the terminal still echoes: {settings:?}\n{}",
                 self.screen()
             );
             std::thread::sleep(Duration::from_millis(20));
