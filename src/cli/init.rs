@@ -6,13 +6,16 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{AuthMethod, Secret, TlsMode};
+use crate::oauth2::Preset;
 use crate::session::tls::format_fingerprint;
 use crate::session::{ConnectOptions, Credentials, Session, SessionError};
 use crate::setup::discover::{self, Candidate};
-use crate::setup::write::{NewAccount, SecretChoice, append_account, render};
+use crate::setup::write::{NewAccount, OAuth2Keys, SecretChoice, append_account, render};
 
 use super::exit::{Exit, Failure};
 
@@ -35,7 +38,7 @@ pub struct Args {
     /// Trust only the CAs in this PEM file (a private server)
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Login name [default: the address]
+    /// Login name [default: the address; asked for on a terminal]
     #[arg(long)]
     pub username: Option<String>,
     /// A command printing the password on its first line (written to the config instead of a password)
@@ -44,6 +47,36 @@ pub struct Args {
     /// Read the password from the first line of stdin (scripts)
     #[arg(long)]
     pub password_stdin: bool,
+    /// Sign in with OAuth2 instead of a password [default: google for gmail.com,
+    /// microsoft for outlook.com, hotmail.com, live.com, *.onmicrosoft.com]
+    #[arg(
+        long,
+        value_name = "PRESET",
+        value_parser = ["microsoft", "google", "custom"],
+        conflicts_with_all = ["password_command", "password_stdin"]
+    )]
+    pub oauth2: Option<String>,
+    /// OAuth2: the client id of the app you registered at the provider (asked for on a terminal)
+    #[arg(long, value_name = "ID")]
+    pub oauth2_client_id: Option<String>,
+    /// OAuth2: read the app's client secret from the first line of stdin (Google's desktop apps have one)
+    #[arg(long, conflicts_with = "password_stdin")]
+    pub oauth2_client_secret_stdin: bool,
+    /// OAuth2 with microsoft: common, consumers (Outlook.com), organizations or a tenant id [default: common]
+    #[arg(long, value_name = "TENANT")]
+    pub oauth2_tenant: Option<String>,
+    /// OAuth2 with custom: the issuer URL, serving /.well-known/openid-configuration
+    #[arg(long, value_name = "URL")]
+    pub oauth2_issuer: Option<String>,
+    /// OAuth2: a scope to ask for, once per scope [default: the preset's; custom: openid offline_access]
+    #[arg(long = "oauth2-scope", value_name = "SCOPE")]
+    pub oauth2_scopes: Vec<String>,
+    /// OAuth2: sign in (`popsync login`) right after writing the account, even without a terminal [default: on a terminal]
+    #[arg(long, conflicts_with = "no_login")]
+    pub login: bool,
+    /// OAuth2: only write the account; sign in later with `popsync login NAME`
+    #[arg(long)]
+    pub no_login: bool,
     /// Maildir to deliver into [default: ~/Mail/NAME]
     #[arg(long, value_name = "DIR", conflicts_with = "mbox")]
     pub maildir: Option<String>,
@@ -51,6 +84,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub mbox: Option<String>,
 }
+
+/// A password typed on a terminal may be retried this often (like ssh and
+/// sudo); a scripted one (stdin, a command) is not: it would fail the same.
+const PASSWORD_ATTEMPTS: u32 = 3;
 
 /// The whole of `popsync init`; `config_path` is -c or the default path.
 pub async fn run(config_path: PathBuf, args: Args) -> Result<Exit, Failure> {
@@ -93,62 +130,48 @@ pub async fn run(config_path: PathBuf, args: Args) -> Result<Exit, Failure> {
         }
     };
 
-    let (candidate, mut session) =
+    let (candidate, session) =
         probe_candidates(&candidates, resolver.as_ref(), args.ca_file.clone()).await?;
     describe(&candidate, &session);
-    let caps = session.capabilities();
-    let oauth_only = !caps.has("USER")
-        && !caps.has_sasl("PLAIN")
-        && (caps.has_sasl("XOAUTH2") || caps.has_sasl("OAUTHBEARER"));
+    let offers = Offers::of(session.capabilities());
 
-    let username = args.username.clone().unwrap_or_else(|| email.clone());
-    let secret = match (&args.password_command, args.password_stdin) {
-        (Some(cmd), _) => SecretChoice::Command(cmd.clone()),
-        (None, true) => SecretChoice::Password(Secret::new(read_stdin_line()?)),
-        (None, false) if interactive && !oauth_only => SecretChoice::Password(Secret::new(
-            ask_hidden(&format!("Password for {username}: "))?,
-        )),
-        (None, false) if oauth_only => {
-            return Err(usage(
-                "the server offers only OAuth2 (XOAUTH2): pass --password-command CMD, a command that prints an access token",
-            ));
+    let username = match &args.username {
+        Some(u) => u.clone(),
+        None if interactive => ask_default("Login name", &email)?,
+        None => email.clone(),
+    };
+    let preset = oauth2_preset(&args, domain, &candidate.host, offers)?;
+    let (secret, auth) = match preset {
+        Some(preset) => {
+            let _ = session.quit().await;
+            let keys = oauth2_keys(&args, preset, interactive)?;
+            // XOAUTH2 is what `auth = "auto"` means with oauth2.
+            let auth = if offers.oauthbearer && !offers.xoauth2 {
+                AuthMethod::Oauthbearer
+            } else {
+                AuthMethod::Auto
+            };
+            (SecretChoice::OAuth2(keys), auth)
         }
-        (None, false) => {
-            return Err(usage(
-                "no password: pass --password-command CMD (recommended) or --password-stdin",
-            ));
+        None => {
+            let attempt = PasswordLogin {
+                candidate: &candidate,
+                ca_file: args.ca_file.clone(),
+                name: &name,
+                username: &username,
+                oauth_only: offers.only_oauth2(),
+                interactive,
+                config_path: &config_path,
+            };
+            let secret = attempt.check(session, &args).await?;
+            let auth = if offers.only_oauth2() {
+                AuthMethod::Xoauth2
+            } else {
+                AuthMethod::Auto
+            };
+            (secret, auth)
         }
     };
-    let creds = Credentials {
-        username: username.clone(),
-        secret: match &secret {
-            SecretChoice::Password(p) => p.clone(),
-            SecretChoice::Command(cmd) => {
-                let probe = crate::config::run_secret_command(&name, cmd);
-                probe.map_err(|e| Failure::new(Exit::Config, format!("--password-command: {e}")))?
-            }
-        },
-        method: if oauth_only {
-            AuthMethod::Xoauth2
-        } else {
-            AuthMethod::Auto
-        },
-        allow_insecure_auth: false,
-    };
-    let login_err = |e: SessionError| {
-        Failure::new(
-            Exit::for_session(&e),
-            format!("{e}; nothing was written to {}", config_path.display()),
-        )
-    };
-    session.login(&creds).await.map_err(login_err)?;
-    let stat = session.stat().await.map_err(login_err)?;
-    println!(
-        "login ok ({}): {} messages on the server",
-        session.auth_used().unwrap_or("?"),
-        stat.count
-    );
-    let _ = session.quit().await;
 
     let (target_key, target) = match (&args.maildir, &args.mbox) {
         (_, Some(mbox)) => ("mbox", mbox.clone()),
@@ -163,15 +186,22 @@ pub async fn run(config_path: PathBuf, args: Args) -> Result<Exit, Failure> {
         ca_file: args.ca_file.clone(),
         username,
         secret,
-        xoauth2: oauth_only,
+        auth,
         target_key,
         target,
     };
     let table = render(&account);
     // What is written must load: the same checks as every other command.
-    crate::config::Config::parse(&format!("state_dir = \"/\"\n{table}"), &config_path)?;
-    let holds_password = matches!(account.secret, SecretChoice::Password(_));
-    let created = append_account(&config_path, &name, &table, holds_password)
+    let parsed = crate::config::Config::parse(&format!("state_dir = \"/\"\n{table}"), &config_path)
+        .map_err(|e| {
+            usage(format!(
+                "{e} (in the account made from your answers: the flag of that name says what to change; nothing was written)"
+            ))
+        })?;
+    if let Some(settings) = parsed.accounts.first().and_then(|a| a.oauth2()) {
+        check_provider(&name, settings, &config_path).await?;
+    }
+    let created = append_account(&config_path, &name, &table, account.secret.holds_secret())
         .map_err(|e| Failure::new(Exit::Config, e.to_string()))?;
     println!(
         "{} [account.{name}] {} {}",
@@ -179,8 +209,307 @@ pub async fn run(config_path: PathBuf, args: Args) -> Result<Exit, Failure> {
         if created { "in" } else { "to" },
         config_path.display()
     );
-    println!("next: popsync sync {name}");
-    Ok(Exit::Ok)
+    if !matches!(account.secret, SecretChoice::OAuth2(_)) {
+        println!("next: popsync sync {name}");
+        return Ok(Exit::Ok);
+    }
+    if args.no_login || !(interactive || args.login) {
+        println!("next: popsync login {name}   (once, to sign in; then popsync sync {name})");
+        return Ok(Exit::Ok);
+    }
+    sign_in(&config_path, &name).await
+}
+
+/// What the server's CAPA says about logins.
+#[derive(Debug, Clone, Copy)]
+struct Offers {
+    user: bool,
+    plain: bool,
+    xoauth2: bool,
+    oauthbearer: bool,
+}
+
+impl Offers {
+    fn of(caps: &crate::pop3::Capabilities) -> Offers {
+        Offers {
+            user: caps.has("USER"),
+            plain: caps.has_sasl("PLAIN"),
+            xoauth2: caps.has_sasl("XOAUTH2"),
+            oauthbearer: caps.has_sasl("OAUTHBEARER"),
+        }
+    }
+
+    /// No password login, only tokens.
+    fn only_oauth2(self) -> bool {
+        !self.user && !self.plain && (self.xoauth2 || self.oauthbearer)
+    }
+}
+
+/// The OAuth2 preset to set up, if any: `--oauth2`, else none when a
+/// password source was given (an app password), else the provider of the
+/// address's domain or of the server found. A server that takes only
+/// tokens from an unknown provider needs the user to say which.
+fn oauth2_preset(
+    args: &Args,
+    domain: &str,
+    server: &str,
+    offers: Offers,
+) -> Result<Option<Preset>, Failure> {
+    if let Some(preset) = args.oauth2.as_deref() {
+        return Ok(Some(match preset {
+            "microsoft" => Preset::Microsoft,
+            "google" => Preset::Google,
+            _ => Preset::Custom,
+        }));
+    }
+    if args.password_command.is_some() || args.password_stdin {
+        return Ok(None);
+    }
+    if let Some(preset) = Preset::for_mail_domain(domain).or(Preset::for_mail_domain(server)) {
+        println!(
+            "{domain} signs in with OAuth2: setting up oauth2 = \"{}\" (for an app password instead, pass --password-command CMD)",
+            preset.name()
+        );
+        return Ok(Some(preset));
+    }
+    let oauth2_flag = [
+        (args.oauth2_client_id.is_some(), "--oauth2-client-id"),
+        (
+            args.oauth2_client_secret_stdin,
+            "--oauth2-client-secret-stdin",
+        ),
+        (args.oauth2_tenant.is_some(), "--oauth2-tenant"),
+        (args.oauth2_issuer.is_some(), "--oauth2-issuer"),
+        (!args.oauth2_scopes.is_empty(), "--oauth2-scope"),
+        (args.login, "--login"),
+    ]
+    .into_iter()
+    .find_map(|(given, flag)| given.then_some(flag));
+    if let Some(flag) = oauth2_flag {
+        return Err(usage(format!(
+            "{flag} is for OAuth2, and {domain} is not a provider init knows: add --oauth2 microsoft, google or custom"
+        )));
+    }
+    if offers.only_oauth2() {
+        return Err(usage(
+            "the server offers only OAuth2 (XOAUTH2/OAUTHBEARER): pass --oauth2 custom --oauth2-issuer URL --oauth2-client-id ID (or --oauth2 microsoft|google), or --password-command CMD printing an access token",
+        ));
+    }
+    Ok(None)
+}
+
+/// The `oauth2*` keys from the flags, asking on a terminal for what only
+/// the user knows (the registered app's id, a custom issuer).
+fn oauth2_keys(args: &Args, preset: Preset, interactive: bool) -> Result<OAuth2Keys, Failure> {
+    if args.oauth2_issuer.is_some() && preset != Preset::Custom {
+        return Err(usage(format!(
+            "--oauth2-issuer is for --oauth2 custom; the {} preset knows its endpoints",
+            preset.name()
+        )));
+    }
+    if args.oauth2_tenant.is_some() && preset != Preset::Microsoft {
+        return Err(usage("--oauth2-tenant is for --oauth2 microsoft only"));
+    }
+    let provider = match preset {
+        Preset::Microsoft => "Microsoft (entra.microsoft.com)",
+        Preset::Google => "Google (console.cloud.google.com)",
+        Preset::Custom => "your provider",
+    };
+    let issuer = match (&args.oauth2_issuer, preset) {
+        (Some(issuer), _) => Some(issuer.trim().to_string()),
+        (None, Preset::Custom) if interactive => Some(ask_required(
+            "OAuth2 issuer URL (serves /.well-known/openid-configuration): ",
+        )?),
+        (None, Preset::Custom) => {
+            return Err(usage(
+                "--oauth2 custom needs --oauth2-issuer URL: the provider whose /.well-known/openid-configuration describes it",
+            ));
+        }
+        (None, _) => None,
+    };
+    if let Some(issuer) = &issuer {
+        crate::oauth2::check_url(issuer).map_err(|m| usage(format!("--oauth2-issuer: {m}")))?;
+    }
+    let client_id = match &args.oauth2_client_id {
+        Some(id) => id.trim().to_string(),
+        None if interactive => ask_required(&format!(
+            "OAuth2 client id of the app you registered at {provider} (README: OAuth2): "
+        ))?,
+        None => {
+            let or_password = if preset == Preset::Custom {
+                ""
+            } else {
+                "; or --password-command CMD for an app password"
+            };
+            return Err(usage(format!(
+                "OAuth2 needs --oauth2-client-id ID: the id of the app you registered at {provider} (README: OAuth2){or_password}"
+            )));
+        }
+    };
+    if client_id.is_empty() || client_id.chars().any(char::is_control) {
+        return Err(usage(
+            "--oauth2-client-id: give the app's id as the provider shows it",
+        ));
+    }
+    let client_secret = if args.oauth2_client_secret_stdin {
+        Some(Secret::new(read_stdin_line()?))
+    } else if interactive && preset == Preset::Google {
+        let typed = ask_hidden("OAuth2 client secret of that app (not shown; empty if none): ")?;
+        (!typed.is_empty()).then(|| Secret::new(typed))
+    } else {
+        None
+    };
+    let scopes = match (&args.oauth2_scopes[..], preset) {
+        ([], Preset::Custom) => Some(vec!["openid".into(), "offline_access".into()]),
+        ([], _) => None,
+        (given, _) => Some(given.iter().map(|s| s.trim().to_string()).collect()),
+    };
+    Ok(OAuth2Keys {
+        preset,
+        client_id,
+        client_secret,
+        tenant: args.oauth2_tenant.as_ref().map(|t| t.trim().to_string()),
+        issuer,
+        scopes,
+    })
+}
+
+/// A custom issuer is asked for its endpoints before anything is written:
+/// a typo in the URL is reported now, not at the first login.
+async fn check_provider(
+    name: &str,
+    settings: &crate::oauth2::OAuth2Settings,
+    config_path: &std::path::Path,
+) -> Result<(), Failure> {
+    if settings.preset != Preset::Custom {
+        return Ok(());
+    }
+    match crate::oauth2::Endpoints::resolve(name, settings).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::new(
+            Exit::for_kind(e.kind()),
+            format!(
+                "{e}; check --oauth2-issuer; nothing was written to {}",
+                config_path.display()
+            ),
+        )),
+    }
+}
+
+/// `popsync login NAME` on the account just written, read back through
+/// the config loader like any later command.
+async fn sign_in(config_path: &std::path::Path, name: &str) -> Result<Exit, Failure> {
+    let config = crate::config::Config::load(config_path)?;
+    let account = config.account(name)?;
+    let args = super::login::Args {
+        flow: None,
+        no_browser: false,
+        trace: None,
+    };
+    super::login::run(account, args).await.map_err(|f| {
+        Failure::new(
+            f.exit,
+            format!(
+                "{}; the account is written: run `popsync login {name}` to try again",
+                f.message
+            ),
+        )
+    })
+}
+
+/// Checks a password by logging in with it, before anything is written.
+struct PasswordLogin<'a> {
+    candidate: &'a Candidate,
+    ca_file: Option<PathBuf>,
+    name: &'a str,
+    username: &'a str,
+    oauth_only: bool,
+    interactive: bool,
+    config_path: &'a std::path::Path,
+}
+
+impl PasswordLogin<'_> {
+    /// The secret that logged in. A password typed on a terminal that the
+    /// server refuses is asked for again (a new connection each time).
+    async fn check(&self, mut session: Session, args: &Args) -> Result<SecretChoice, Failure> {
+        let typed = args.password_command.is_none() && !args.password_stdin;
+        if typed && !self.interactive {
+            return Err(usage(
+                "no password: pass --password-command CMD (recommended) or --password-stdin",
+            ));
+        }
+        let mut attempt = 1;
+        loop {
+            let secret = match (&args.password_command, typed) {
+                (Some(cmd), _) => SecretChoice::Command(cmd.clone()),
+                (None, false) => SecretChoice::Password(Secret::new(read_stdin_line()?)),
+                (None, true) => SecretChoice::Password(Secret::new(ask_hidden(&format!(
+                    "Password for {} (not shown): ",
+                    self.username
+                ))?)),
+            };
+            match self.login(&mut session, &secret).await? {
+                Ok(()) => {
+                    let _ = session.quit().await;
+                    return Ok(secret);
+                }
+                Err(e)
+                    if typed
+                        && attempt < PASSWORD_ATTEMPTS
+                        && Exit::for_session(&e) == Exit::Auth =>
+                {
+                    eprintln!("popsync: {e}; try again");
+                    attempt += 1;
+                    session = Session::connect(&connect_options(self.candidate, &self.ca_file))
+                        .await
+                        .map_err(|e| self.failure(e))?;
+                }
+                Err(e) => return Err(self.failure(e)),
+            }
+        }
+    }
+
+    /// The server's answer inside; a `--password-command` that fails outside.
+    async fn login(
+        &self,
+        session: &mut Session,
+        secret: &SecretChoice,
+    ) -> Result<Result<(), SessionError>, Failure> {
+        let secret = match secret {
+            SecretChoice::Password(p) => p.clone(),
+            SecretChoice::Command(cmd) => crate::config::run_secret_command(self.name, cmd)
+                .map_err(|e| Failure::new(Exit::Config, format!("--password-command: {e}")))?,
+            SecretChoice::OAuth2(_) => unreachable!("OAuth2 logins are checked by popsync login"),
+        };
+        let creds = Credentials {
+            username: self.username.to_string(),
+            secret,
+            method: if self.oauth_only {
+                AuthMethod::Xoauth2
+            } else {
+                AuthMethod::Auto
+            },
+            allow_insecure_auth: false,
+        };
+        let answer = async {
+            session.login(&creds).await?;
+            session.stat().await
+        };
+        Ok(answer.await.map(|stat| {
+            println!(
+                "login ok ({}): {} messages on the server",
+                session.auth_used().unwrap_or("?"),
+                stat.count
+            );
+        }))
+    }
+
+    fn failure(&self, e: SessionError) -> Failure {
+        Failure::new(
+            Exit::for_session(&e),
+            format!("{e}; nothing was written to {}", self.config_path.display()),
+        )
+    }
 }
 
 fn usage(message: impl Into<String>) -> Failure {
@@ -264,10 +593,7 @@ async fn probe_candidates(
             println!("skipping {} ({}): no address", c.host, c.source);
             continue;
         }
-        let mut opts = ConnectOptions::new(c.host.clone(), c.port, c.tls);
-        opts.ca_file = ca_file.clone();
-        opts.connect_timeout = Duration::from_secs(10);
-        opts.io_timeout = Duration::from_secs(30);
+        let opts = connect_options(c, &ca_file);
         print!(
             "trying {}:{} ({}, {})… ",
             c.host,
@@ -305,6 +631,14 @@ async fn probe_candidates(
     ))
 }
 
+fn connect_options(c: &Candidate, ca_file: &Option<PathBuf>) -> ConnectOptions {
+    let mut opts = ConnectOptions::new(c.host.clone(), c.port, c.tls);
+    opts.ca_file = ca_file.clone();
+    opts.connect_timeout = Duration::from_secs(10);
+    opts.io_timeout = Duration::from_secs(30);
+    opts
+}
+
 fn tls_words(tls: TlsMode) -> &'static str {
     match tls {
         TlsMode::Implicit => "implicit TLS",
@@ -335,53 +669,74 @@ fn ask(prompt: &str) -> Result<String, Failure> {
 
 fn read_stdin_line() -> Result<String, Failure> {
     let mut line = String::new();
-    std::io::stdin()
+    let read = std::io::stdin()
         .lock()
         .read_line(&mut line)
         .map_err(|e| Failure::new(Exit::Usage, format!("cannot read stdin: {e}")))?;
+    if read == 0 {
+        return Err(usage("stdin ended before the answer: nothing was written"));
+    }
     let line = line.strip_suffix('\n').unwrap_or(&line);
     Ok(line.strip_suffix('\r').unwrap_or(line).to_string())
 }
 
-/// Terminal echo off for as long as it lives.
-struct EchoOff {
-    saved: libc::termios,
+/// `prompt [default]: `; an empty answer takes the default.
+fn ask_default(prompt: &str, default: &str) -> Result<String, Failure> {
+    let answer = ask(&format!("{prompt} [{default}]: "))?;
+    Ok(if answer.is_empty() {
+        default.to_string()
+    } else {
+        answer
+    })
 }
 
-impl EchoOff {
-    fn new() -> Option<EchoOff> {
-        // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed termios we own.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(libc::STDIN_FILENO, &mut t) != 0 {
-                return None;
-            }
-            let saved = t;
-            t.c_lflag &= !libc::ECHO;
-            t.c_lflag |= libc::ECHONL;
-            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) != 0 {
-                return None;
-            }
-            Some(EchoOff { saved })
+/// Asks until the answer is not empty (end of input is an error).
+fn ask_required(prompt: &str) -> Result<String, Failure> {
+    loop {
+        let answer = ask(prompt)?;
+        if !answer.is_empty() {
+            return Ok(answer);
         }
     }
 }
 
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        // SAFETY: restores the settings read in new().
-        unsafe {
-            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved);
-        }
-    }
-}
-
+/// Read from the terminal with echo off. rpassword reads in raw mode and
+/// answers a Ctrl-C by raising SIGINT before it restores the terminal, which
+/// with SIGINT's default action would leave the user's shell without echo:
+/// during the read SIGINT is only noted, and popsync dies of it once
+/// rpassword has put the terminal back.
 fn ask_hidden(prompt: &str) -> Result<String, Failure> {
-    print!("{prompt}");
-    let _ = std::io::stdout().flush();
-    let _echo = EchoOff::new()
-        .ok_or_else(|| usage("cannot turn off the terminal's echo: use --password-stdin"))?;
-    read_stdin_line()
+    let sigint_kills = sigint_kills();
+    sigint_kills.store(false, Ordering::SeqCst);
+    let read = rpassword::prompt_password(prompt);
+    sigint_kills.store(true, Ordering::SeqCst);
+    match read {
+        Ok(password) => Ok(password),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGINT);
+            Err(usage("interrupted: nothing was written"))
+        }
+        Err(e) => Err(usage(format!(
+            "cannot read a password from the terminal ({e}): use --password-stdin or --password-command"
+        ))),
+    }
+}
+
+/// Whether SIGINT has its usual effect (true but during [`ask_hidden`]'s
+/// read): a handler that runs the default action only then.
+fn sigint_kills() -> &'static AtomicBool {
+    static KILLS: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    KILLS.get_or_init(|| {
+        let kills = Arc::new(AtomicBool::new(true));
+        let registered = signal_hook::flag::register_conditional_default(
+            signal_hook::consts::SIGINT,
+            kills.clone(),
+        );
+        if let Err(e) = registered {
+            tracing::debug!("SIGINT handler: {e}");
+        }
+        kills
+    })
 }
 
 #[cfg(test)]
@@ -407,5 +762,164 @@ mod tests {
         assert_eq!(got, [(995, TlsMode::Implicit), (110, TlsMode::Starttls)]);
         let c = explicit_candidates("h", Some(2110), Some("starttls"));
         assert_eq!((c.len(), c[0].port, c[0].tls), (1, 2110, TlsMode::Starttls));
+    }
+
+    #[derive(clap::Parser)]
+    struct Init {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(flags: &[&str]) -> Args {
+        use clap::Parser;
+        let argv = std::iter::once("init").chain(flags.iter().copied());
+        Init::try_parse_from(argv).unwrap().args
+    }
+
+    const PASSWORDS: Offers = Offers {
+        user: true,
+        plain: true,
+        xoauth2: false,
+        oauthbearer: false,
+    };
+    const TOKENS_ONLY: Offers = Offers {
+        user: false,
+        plain: false,
+        xoauth2: true,
+        oauthbearer: true,
+    };
+
+    #[test]
+    fn the_preset_comes_from_the_flag_else_the_domain_or_server_unless_a_password_is_given() {
+        let preset = |flags: &[&str], domain, server, offers| {
+            oauth2_preset(&args(flags), domain, server, offers).map_err(|f| f.message)
+        };
+        assert_eq!(
+            preset(
+                &["--oauth2", "custom"],
+                "example.org",
+                "pop.example.org",
+                PASSWORDS
+            ),
+            Ok(Some(Preset::Custom))
+        );
+        assert_eq!(
+            preset(&[], "gmail.com", "pop.gmail.com", PASSWORDS),
+            Ok(Some(Preset::Google))
+        );
+        // A company domain hosted at Microsoft 365: the server tells.
+        assert_eq!(
+            preset(&[], "corp.example", "outlook.office365.com", PASSWORDS),
+            Ok(Some(Preset::Microsoft))
+        );
+        // An app password chosen on purpose.
+        let with_command = ["--password-command", "pass gmail"];
+        assert_eq!(
+            preset(&with_command, "gmail.com", "pop.gmail.com", PASSWORDS),
+            Ok(None)
+        );
+        assert_eq!(
+            preset(&[], "example.org", "pop.example.org", PASSWORDS),
+            Ok(None)
+        );
+        let e = preset(
+            &["--oauth2-issuer", "https://idp.example"],
+            "example.org",
+            "pop.example.org",
+            PASSWORDS,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("--oauth2-issuer is for OAuth2") && e.contains("add --oauth2"),
+            "{e}"
+        );
+        let e = preset(&[], "example.org", "pop.example.org", TOKENS_ONLY).unwrap_err();
+        assert!(e.contains("--oauth2 custom --oauth2-issuer URL"), "{e}");
+        assert!(e.contains("--password-command"), "{e}");
+        assert_eq!(
+            preset(&with_command, "example.org", "pop.example.org", TOKENS_ONLY),
+            Ok(None),
+            "a token helper still works"
+        );
+    }
+
+    #[test]
+    fn oauth2_flags_without_a_terminal_say_which_flag_is_missing_or_misplaced() {
+        let keys = |flags: &[&str], preset| oauth2_keys(&args(flags), preset, false);
+        let e = keys(&[], Preset::Google).unwrap_err();
+        assert_eq!(e.exit, Exit::Usage);
+        assert!(
+            e.message.contains("--oauth2-client-id ID") && e.message.contains("Google"),
+            "{}",
+            e.message
+        );
+        let id = ["--oauth2-client-id", "x"];
+        let refused: [(&[&str], Preset, &str); 4] = [
+            (&[], Preset::Custom, "--oauth2-issuer URL"),
+            (
+                &["--oauth2-issuer", "http://idp.example"],
+                Preset::Custom,
+                "use https",
+            ),
+            (
+                &["--oauth2-issuer", "https://idp.example"],
+                Preset::Google,
+                "for --oauth2 custom",
+            ),
+            (&["--oauth2-tenant", "t"], Preset::Google, "microsoft only"),
+        ];
+        for (flags, preset, says) in refused {
+            let e = keys(&[&id[..], flags].concat(), preset).unwrap_err();
+            assert!(e.message.contains(says), "{flags:?}: {}", e.message);
+        }
+
+        let ms = keys(
+            &["--oauth2-client-id", " id ", "--oauth2-tenant", "consumers"],
+            Preset::Microsoft,
+        )
+        .unwrap();
+        assert_eq!(
+            (ms.client_id.as_str(), ms.tenant.as_deref()),
+            ("id", Some("consumers"))
+        );
+        assert_eq!(ms.scopes, None, "the preset's scopes");
+        let custom = keys(
+            &[
+                "--oauth2-client-id",
+                "x",
+                "--oauth2-issuer",
+                "https://idp.example",
+            ],
+            Preset::Custom,
+        )
+        .unwrap();
+        assert_eq!(custom.scopes.unwrap(), ["openid", "offline_access"]);
+        let scoped = keys(
+            &[
+                "--oauth2-client-id",
+                "x",
+                "--oauth2-scope",
+                "a",
+                "--oauth2-scope",
+                "b",
+            ],
+            Preset::Google,
+        )
+        .unwrap();
+        assert_eq!(scoped.scopes.unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn oauth2_and_a_password_source_are_one_choice() {
+        use clap::Parser;
+        for conflict in [
+            &["--oauth2", "google", "--password-stdin"][..],
+            &["--oauth2", "google", "--password-command", "x"],
+            &["--login", "--no-login"],
+            &["--oauth2-client-secret-stdin", "--password-stdin"],
+        ] {
+            let argv = std::iter::once("init").chain(conflict.iter().copied());
+            assert!(Init::try_parse_from(argv).is_err(), "{conflict:?}");
+        }
     }
 }

@@ -191,9 +191,10 @@ pub enum Commands {
         jobs: usize,
     },
     /// Set up an account: find the server of an address (DNS SRV records,
-    /// then pop.DOMAIN, mail.DOMAIN), check TLS and the login, write the
-    /// config (0600; an existing one gets the new table appended)
-    Init(init::Args),
+    /// then pop.DOMAIN, mail.DOMAIN), check TLS and the login (or set up
+    /// OAuth2 and sign in), write the config (0600; an existing one gets the
+    /// new table appended)
+    Init(Box<init::Args>),
     /// Print the manual page (roff): popsync man > ~/.local/share/man/man1/popsync.1
     Man,
     /// Print a shell completion script, e.g. popsync completions bash
@@ -260,7 +261,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Some(p) => p,
             None => Config::default_path()?,
         };
-        return init::run(config_path, args).await;
+        return init::run(config_path, *args).await;
     }
     let config_path = match &cli.config {
         Some(p) => p.clone(),

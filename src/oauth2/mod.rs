@@ -40,6 +40,35 @@ impl Preset {
         }
     }
 
+    /// The preset of a mail domain or server host whose provider needs
+    /// OAuth2: Gmail (and `pop.gmail.com`), Outlook.com / Hotmail / Live /
+    /// MSN in any country (`hotmail.co.uk`, `outlook.de`), Microsoft 365
+    /// tenants (`*.onmicrosoft.com`, `outlook.office365.com`). `None` for
+    /// every other name: most servers still take a password.
+    pub fn for_mail_domain(name: &str) -> Option<Preset> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let is = |domain: &str| name == domain || name.ends_with(&format!(".{domain}"));
+        if is("gmail.com") || is("googlemail.com") {
+            return Some(Preset::Google);
+        }
+        if is("onmicrosoft.com") || is("office365.com") || is("outlook.office.com") {
+            return Some(Preset::Microsoft);
+        }
+        // A consumer brand followed by a country suffix only ("outlook.com",
+        // "live.co.uk"), not any domain that starts with such a word.
+        let (brand, suffix) = name.split_once('.')?;
+        let country_suffix = !suffix.is_empty()
+            && suffix.split('.').count() <= 2
+            && suffix
+                .split('.')
+                .all(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_lowercase()));
+        let consumer = matches!(
+            brand,
+            "outlook" | "hotmail" | "live" | "msn" | "windowslive"
+        );
+        (consumer && country_suffix).then_some(Preset::Microsoft)
+    }
+
     /// The scopes a preset asks for when `oauth2_scopes` is not set.
     pub fn default_scopes(self) -> &'static [&'static str] {
         match self {
@@ -303,4 +332,44 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     clean(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_domains_of_oauth2_providers_map_to_their_preset() {
+        for google in ["gmail.com", "googlemail.com", "GMail.com.", "pop.gmail.com"] {
+            assert_eq!(
+                Preset::for_mail_domain(google),
+                Some(Preset::Google),
+                "{google}"
+            );
+        }
+        for ms in [
+            "outlook.com",
+            "hotmail.com",
+            "hotmail.co.uk",
+            "live.com",
+            "live.fr",
+            "outlook.de",
+            "msn.com",
+            "contoso.onmicrosoft.com",
+            "outlook.office365.com",
+        ] {
+            assert_eq!(Preset::for_mail_domain(ms), Some(Preset::Microsoft), "{ms}");
+        }
+        for other in [
+            "example.org",
+            "live.example.org",
+            "outlook.example.com",
+            "notgmail.com",
+            "gmail.com.evil.example",
+            "posteo.de",
+            "outlook",
+        ] {
+            assert_eq!(Preset::for_mail_domain(other), None, "{other}");
+        }
+    }
 }

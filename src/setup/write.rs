@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Secret, TlsMode};
+use crate::config::{AuthMethod, Secret, TlsMode};
+use crate::oauth2::Preset;
 
 /// The account `popsync init` settled on.
 #[derive(Debug, Clone)]
@@ -19,7 +20,8 @@ pub struct NewAccount {
     pub ca_file: Option<PathBuf>,
     pub username: String,
     pub secret: SecretChoice,
-    pub xoauth2: bool,
+    /// Written only when not `auto` (with `oauth2`, auto means xoauth2).
+    pub auth: AuthMethod,
     /// As the user wrote it (`~/Mail/alice` stays `~/…`).
     pub target_key: &'static str,
     pub target: String,
@@ -29,6 +31,57 @@ pub struct NewAccount {
 pub enum SecretChoice {
     Password(Secret),
     Command(String),
+    /// popsync gets the tokens itself (`popsync login`).
+    OAuth2(OAuth2Keys),
+}
+
+impl SecretChoice {
+    /// Whether the table holds something secret (the file must be 0600).
+    pub fn holds_secret(&self) -> bool {
+        match self {
+            SecretChoice::Password(_) => true,
+            SecretChoice::Command(_) => false,
+            SecretChoice::OAuth2(keys) => keys.client_secret.is_some(),
+        }
+    }
+}
+
+/// The `oauth2*` keys of a new account; `None` fields are left out (the
+/// preset's defaults).
+#[derive(Debug, Clone)]
+pub struct OAuth2Keys {
+    pub preset: Preset,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub tenant: Option<String>,
+    pub issuer: Option<String>,
+    pub scopes: Option<Vec<String>>,
+}
+
+impl OAuth2Keys {
+    fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!("oauth2 = {}", quoted(self.preset.name())),
+            format!("oauth2_client_id = {}", quoted(&self.client_id)),
+        ];
+        if let Some(secret) = &self.client_secret {
+            lines.push(format!(
+                "oauth2_client_secret = {}",
+                quoted(secret.expose())
+            ));
+        }
+        if let Some(tenant) = &self.tenant {
+            lines.push(format!("oauth2_tenant = {}", quoted(tenant)));
+        }
+        if let Some(issuer) = &self.issuer {
+            lines.push(format!("oauth2_issuer = {}", quoted(issuer)));
+        }
+        if let Some(scopes) = &self.scopes {
+            let list: Vec<String> = scopes.iter().map(|s| quoted(s)).collect();
+            lines.push(format!("oauth2_scopes = [{}]", list.join(", ")));
+        }
+        lines
+    }
 }
 
 /// A TOML basic string: quoted and escaped by the toml crate, so a value
@@ -60,9 +113,15 @@ pub fn render(a: &NewAccount) -> String {
     match &a.secret {
         SecretChoice::Password(p) => lines.push(format!("password = {}", quoted(p.expose()))),
         SecretChoice::Command(c) => lines.push(format!("password_command = {}", quoted(c))),
+        SecretChoice::OAuth2(keys) => lines.extend(keys.lines()),
     }
-    if a.xoauth2 {
-        lines.push("auth = \"xoauth2\"".into());
+    match a.auth {
+        AuthMethod::Auto => {}
+        AuthMethod::User => lines.push("auth = \"user\"".into()),
+        AuthMethod::Apop => lines.push("auth = \"apop\"".into()),
+        AuthMethod::Plain => lines.push("auth = \"plain\"".into()),
+        AuthMethod::Xoauth2 => lines.push("auth = \"xoauth2\"".into()),
+        AuthMethod::Oauthbearer => lines.push("auth = \"oauthbearer\"".into()),
     }
     lines.push(format!("{} = {}", a.target_key, quoted(&a.target)));
     lines.join("\n") + "\n"
@@ -185,7 +244,7 @@ mod tests {
             ca_file: None,
             username: "alice@example.org".into(),
             secret: SecretChoice::Command("pass show mail/alice".into()),
-            xoauth2: false,
+            auth: AuthMethod::Auto,
             target_key: "maildir",
             target: "~/Mail/alice".into(),
         }
@@ -244,5 +303,78 @@ mod tests {
         let e = append_account(&path, "alice", "x", true).unwrap_err();
         assert!(e.to_string().contains("chmod 600"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+
+    /// What init writes for each preset loads with the real loader, passes
+    /// the checks `sync` makes, and means the same settings.
+    #[test]
+    fn oauth2_tables_load_as_the_preset_they_name() {
+        let load = |a: &NewAccount| {
+            let text = format!("state_dir = \"/s\"\n{}", render(a));
+            let config = crate::config::Config::parse(&text, Path::new("c.toml"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            crate::config::require_targets(Path::new("c.toml"), &config.accounts).unwrap();
+            (config, text)
+        };
+        let keys = |preset| OAuth2Keys {
+            preset,
+            client_id: "my-app".into(),
+            client_secret: None,
+            tenant: None,
+            issuer: None,
+            scopes: None,
+        };
+        let mut a = account();
+        a.secret = SecretChoice::OAuth2(keys(Preset::Microsoft));
+        let (config, text) = load(&a);
+        assert!(
+            !text.contains("password") && !text.contains("auth ="),
+            "{text}"
+        );
+        let settings = config.accounts[0].oauth2().unwrap();
+        assert_eq!(
+            (settings.preset, settings.tenant.as_str()),
+            (Preset::Microsoft, "common")
+        );
+        assert_eq!(config.accounts[0].auth, AuthMethod::Xoauth2);
+        assert!(!a.secret.holds_secret());
+
+        let mut k = keys(Preset::Microsoft);
+        k.tenant = Some("consumers".into());
+        a.secret = SecretChoice::OAuth2(k);
+        a.auth = AuthMethod::Oauthbearer;
+        let (config, _) = load(&a);
+        assert_eq!(config.accounts[0].oauth2().unwrap().tenant, "consumers");
+        assert_eq!(config.accounts[0].auth, AuthMethod::Oauthbearer);
+
+        let mut k = keys(Preset::Google);
+        k.client_secret = Some(Secret::new("GOCSPX-\"x\""));
+        a.secret = SecretChoice::OAuth2(k);
+        a.auth = AuthMethod::Auto;
+        assert!(a.secret.holds_secret(), "a client secret needs a 0600 file");
+        let (config, _) = load(&a);
+        let settings = config.accounts[0].oauth2().unwrap();
+        assert_eq!(settings.preset, Preset::Google);
+        assert_eq!(
+            settings.client_secret.as_ref().unwrap().expose(),
+            "GOCSPX-\"x\""
+        );
+        assert_eq!(settings.scopes, ["https://mail.google.com/"]);
+
+        let mut k = keys(Preset::Custom);
+        k.issuer = Some("https://login.corp.example".into());
+        k.scopes = Some(vec!["openid".into(), "offline_access".into()]);
+        a.secret = SecretChoice::OAuth2(k);
+        let (config, text) = load(&a);
+        assert!(
+            text.contains("oauth2_scopes = [\"openid\", \"offline_access\"]\n"),
+            "{text}"
+        );
+        let settings = config.accounts[0].oauth2().unwrap();
+        assert_eq!(
+            settings.issuer.as_deref(),
+            Some("https://login.corp.example")
+        );
+        assert_eq!(settings.client_id, "my-app");
     }
 }

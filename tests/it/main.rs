@@ -16,6 +16,8 @@ mod fuzz_corpus_replay;
 mod harness_smoke;
 mod hostile_server;
 mod init;
+mod init_oauth2;
+mod init_terminal;
 mod lab;
 mod list_sizes;
 mod local_faults;

@@ -6,11 +6,11 @@
 use crate::support;
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::daemon::{DaemonProcess, wait_until};
 use support::dovecot::{Dovecot, DovecotOptions};
-use support::oidc::{Browser, CLIENT_ID, LineReader, OidcProvider};
+use support::oidc::{Browser, CLIENT_ID, LineReader, OidcProvider, device_prompt, finish};
 use support::popsync::{AccountToml, Popsync, Run, maildir_messages};
 
 struct World {
@@ -113,12 +113,7 @@ impl World {
     /// `popsync login alice --flow device`, approved on the provider's pages.
     fn login_device(&self) -> Run {
         let (child, out) = self.spawn_login("device");
-        let (uri, code) = out.wait_for(Duration::from_secs(30), |line| {
-            let rest = line.split_once(" open ")?.1;
-            let (uri, rest) = rest.split_once(" in a browser")?;
-            let code = rest.split_once("enter the code ")?.1;
-            Some((uri.to_string(), code.trim().to_string()))
-        });
+        let (uri, code) = device_prompt(&out);
         let page = Browser::new("alice").approve_device(&uri, &code);
         assert!(
             page.contains("Sign-in Success") || page.contains("success"),
@@ -126,23 +121,6 @@ impl World {
         );
         finish(child, out)
     }
-}
-
-/// Waits (bounded) for a spawned popsync and collects what it printed.
-fn finish(mut child: Child, out: LineReader) -> Run {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("popsync login did not finish; stdout: {:?}", out.all());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut output = child.wait_with_output().unwrap();
-    // The reader thread holds stdout; give it the lines it read.
-    std::thread::sleep(Duration::from_millis(100));
-    output.stdout = out.all().join("\n").into_bytes();
-    Run(output)
 }
 
 /// No token (nor any recognisable part of one) in `text`.

@@ -17,6 +17,17 @@ impl Dnsmasq {
             std::path::Path::new("/usr/sbin/dnsmasq").exists(),
             "dnsmasq is not installed: run scripts/test as root, or apt-get install dnsmasq-base"
         );
+        // A free UDP port may be taken for TCP (dnsmasq binds both): then
+        // dnsmasq exits, and another port is tried.
+        for _ in 0..5 {
+            if let Some(started) = Self::start_on_a_free_port(srv) {
+                return started;
+            }
+        }
+        panic!("dnsmasq did not start on any of 5 free ports");
+    }
+
+    fn start_on_a_free_port(srv: &[(&str, &str, u16)]) -> Option<Dnsmasq> {
         let port = UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -40,20 +51,24 @@ impl Dnsmasq {
         for (name, target, p) in srv {
             cmd.arg(format!("--srv-host={name},{target},{p},0,0"));
         }
-        let child = cmd
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start dnsmasq");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        // Ready once the port is taken.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Ready once the port is taken (generous: a loaded machine).
+        let deadline = Instant::now() + Duration::from_secs(30);
         while UdpSocket::bind(addr).is_ok() {
-            assert!(Instant::now() < deadline, "dnsmasq did not start on {addr}");
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Dnsmasq { child, addr }
+        Some(Dnsmasq { child, addr })
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`dovecot`]: a private Dovecot POP3 server per test.
 //! - [`scripted`]: an in-process POP3 server that plays a script.
 //! - [`popa3d`]: popa3d, a second real POP3 server (mbox, no CAPA).
+//! - [`tmux`]: a real terminal for tests of prompts.
 // Each test crate uses only part of the harness; re-exports count as imports.
 #![allow(dead_code, unused_imports)]
 
@@ -47,4 +48,5 @@ pub mod oidc;
 pub mod peers;
 pub mod popa3d;
 pub mod popsync;
+pub mod tmux;
 pub mod users;

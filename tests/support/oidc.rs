@@ -8,6 +8,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use super::popsync::Run;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -315,4 +317,35 @@ impl LineReader {
     pub fn all(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
+}
+
+/// Waits (bounded) for a spawned popsync (`login`, `init --login`) and collects what it printed.
+pub fn finish(mut child: Child, out: LineReader) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("popsync did not finish; stdout: {:?}", out.all());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut output = child.wait_with_output().unwrap();
+    // The reader thread holds stdout; give it the lines it read.
+    std::thread::sleep(Duration::from_millis(100));
+    output.stdout = out.all().join("\n").into_bytes();
+    Run(output)
+}
+
+/// The verification URI and user code `popsync login` prints for the device
+/// flow (bounded wait).
+pub fn device_prompt(out: &LineReader) -> (String, String) {
+    out.wait_for(Duration::from_secs(60), parse_device_prompt)
+}
+
+/// The verification URI and user code in one line of `popsync login`.
+pub fn parse_device_prompt(line: &str) -> Option<(String, String)> {
+    let rest = line.split_once(" open ")?.1;
+    let (uri, rest) = rest.split_once(" in a browser")?;
+    let code = rest.split_once("enter the code ")?.1;
+    Some((uri.to_string(), code.trim().to_string()))
 }
