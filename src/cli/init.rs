@@ -6,8 +6,6 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{AuthMethod, Secret, TlsMode};
@@ -700,43 +698,17 @@ fn ask_required(prompt: &str) -> Result<String, Failure> {
     }
 }
 
-/// Read from the terminal with echo off. rpassword reads in raw mode and
-/// answers a Ctrl-C by raising SIGINT before it restores the terminal, which
-/// with SIGINT's default action would leave the user's shell without echo:
-/// during the read SIGINT is only noted, and popsync dies of it once
-/// rpassword has put the terminal back.
+/// Read from the terminal with echo off (see [`super::hidden`] for Ctrl-C).
 fn ask_hidden(prompt: &str) -> Result<String, Failure> {
-    let sigint_kills = sigint_kills();
-    sigint_kills.store(false, Ordering::SeqCst);
-    let read = rpassword::prompt_password(prompt);
-    sigint_kills.store(true, Ordering::SeqCst);
-    match read {
+    match super::hidden::read_hidden(prompt) {
         Ok(password) => Ok(password),
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-            let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGINT);
             Err(usage("interrupted: nothing was written"))
         }
         Err(e) => Err(usage(format!(
             "cannot read a password from the terminal ({e}): use --password-stdin or --password-command"
         ))),
     }
-}
-
-/// Whether SIGINT has its usual effect (true but during [`ask_hidden`]'s
-/// read): a handler that runs the default action only then.
-fn sigint_kills() -> &'static AtomicBool {
-    static KILLS: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    KILLS.get_or_init(|| {
-        let kills = Arc::new(AtomicBool::new(true));
-        let registered = signal_hook::flag::register_conditional_default(
-            signal_hook::consts::SIGINT,
-            kills.clone(),
-        );
-        if let Err(e) = registered {
-            tracing::debug!("SIGINT handler: {e}");
-        }
-        kills
-    })
 }
 
 #[cfg(test)]

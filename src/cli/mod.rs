@@ -4,6 +4,7 @@ mod daemon;
 mod docs;
 mod dry_run;
 pub mod exit;
+mod hidden;
 mod import_uids;
 mod init;
 mod login;

@@ -81,7 +81,7 @@ impl Input for Terminal {
     }
 
     fn secret(&mut self, prompt: &str) -> io::Result<Option<String>> {
-        rpassword::prompt_password(prompt).map(Some)
+        super::hidden::read_hidden(prompt).map(Some)
     }
 
     fn remember(&mut self, line: &str) {

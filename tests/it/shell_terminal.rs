@@ -46,3 +46,46 @@ fn shell_on_a_terminal_reads_the_password_with_echo_off_and_shows_the_state() {
     );
     assert!(screen.contains("UPDATE state"), "{screen}");
 }
+
+#[test]
+fn ctrl_c_at_the_password_prompt_leaves_the_terminal_as_it_was() {
+    if !tmux_available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (scripts/test installs it): apt-get install tmux"
+        );
+        return;
+    }
+    let d = Dovecot::start();
+    let a = AccountToml::tls("alice", &d, "alice");
+    let p = Popsync::new(&a.render());
+    // The shell in the pane records the terminal's settings around popsync.
+    let (before, after) = (
+        p.dir.path().join("stty-before"),
+        p.dir.path().join("stty-after"),
+    );
+    let command = format!(
+        "stty -g > '{}'; {BIN} -c {} shell alice --login manual; echo \"shell: $?\"; stty -g > '{}'",
+        before.display(),
+        p.config.display(),
+        after.display()
+    );
+    let tmux = Tmux::start(p.dir.path(), &command, 150, 50);
+    tmux.wait_for("alice AUTHORIZATION>");
+    tmux.send("USER alice");
+    tmux.wait_for("S: +OK");
+    tmux.send("PASS");
+    tmux.wait_for("Password (not shown):");
+    tmux.wait_for_echo_off();
+    tmux.key("C-c");
+    let status = tmux.exit_status();
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        read(&after),
+        read(&before),
+        "the terminal's settings changed:\n{}",
+        tmux.screen()
+    );
+    assert_eq!(status, 0, "the last stty ran");
+    // Killed by SIGINT, as a shell expects of Ctrl-C (128 + 2).
+    assert!(tmux.screen().contains("shell: 130"), "{}", tmux.screen());
+}
