@@ -88,15 +88,15 @@ pub async fn open(
     let mut out = ServerUids::default();
     let mut count: HashMap<&str, usize> = HashMap::new();
     for e in &uidl {
-        if let Ok(uid) = &e.uid {
-            *count.entry(uid.as_str()).or_default() += 1;
+        if let Ok(uid) = e.uid {
+            *count.entry(uid).or_default() += 1;
         }
     }
     for e in &uidl {
-        match &e.uid {
+        match e.uid {
             Err(_) => out.invalid.push(e.msg),
-            Ok(uid) if count[uid.as_str()] > 1 => {
-                out.shared.insert(uid.to_string(), count[uid.as_str()]);
+            Ok(uid) if count[uid] > 1 => {
+                out.shared.insert(uid.to_string(), count[uid]);
             }
             Ok(uid) => {
                 let size = sizes.get(&e.msg).copied().unwrap_or(0);
