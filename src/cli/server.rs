@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::config::{Account, Config};
+use crate::pop3::{ListEntry, UidList};
 use crate::session::{Session, SessionError, TraceSink};
 use crate::store::{AccountId, Store};
 use crate::sync::{AccountLock, LockError};
@@ -68,22 +69,7 @@ pub async fn open(
     account: &Account,
     trace: Option<TraceSink>,
 ) -> Result<(Session, ServerUids), Failure> {
-    let fail = |e| session_failure(account, e);
-    let mut session = login(account, trace).await?;
-    let (uidl, list) = session
-        .listings_bounded(account.max_messages)
-        .await
-        .map_err(fail)?;
-    let Some(uidl) = uidl else {
-        let _ = session.quit().await;
-        return Err(Failure::new(
-            Exit::Protocol,
-            format!(
-                "account `{}`: the server does not support UIDL, so its messages cannot be told apart",
-                account.name
-            ),
-        ));
-    };
+    let (session, uidl, list) = open_listings(account, trace).await?;
     let sizes: HashMap<u32, u64> = list.iter().map(|e| (e.msg, e.size)).collect();
     let mut out = ServerUids::default();
     let mut count: HashMap<&str, usize> = HashMap::new();
@@ -105,6 +91,30 @@ pub async fn open(
         }
     }
     Ok((session, out))
+}
+
+/// [`open`] without the maps: the UIDL and LIST replies in compact form.
+pub async fn open_listings(
+    account: &Account,
+    trace: Option<TraceSink>,
+) -> Result<(Session, UidList, Vec<ListEntry>), Failure> {
+    let fail = |e| session_failure(account, e);
+    let mut session = login(account, trace).await?;
+    let (uidl, list) = session
+        .listings_bounded(account.max_messages)
+        .await
+        .map_err(fail)?;
+    let Some(uidl) = uidl else {
+        let _ = session.quit().await;
+        return Err(Failure::new(
+            Exit::Protocol,
+            format!(
+                "account `{}`: the server does not support UIDL, so its messages cannot be told apart",
+                account.name
+            ),
+        ));
+    };
+    Ok((session, uidl, list))
 }
 
 /// Connects with the account's TLS settings and logs in with its

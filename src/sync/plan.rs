@@ -187,6 +187,25 @@ pub fn plan<'a>(
     Ok(out)
 }
 
+/// What `mark-seen` records: each valid UID listed once, with its LIST
+/// size, in the server's order; and how many entries are left out
+/// (invalid or shared UIDs). The same matching as [`plan`], with no state.
+pub fn unique_uids<'a>(uidl: &'a UidList, list: &[ListEntry]) -> (Vec<(&'a str, u64)>, usize) {
+    let none = KnownSet::default();
+    let matched = Matched::new(uidl, &none);
+    let sizes = Sizes::new(list);
+    let mut unique = Vec::with_capacity(matched.candidates);
+    for (i, e) in uidl.iter().enumerate() {
+        if let Ok(uid) = e.uid
+            && !matched.shared.contains_key(&i)
+        {
+            unique.push((uid, sizes.of(e.msg)));
+        }
+    }
+    let left = uidl.len() - unique.len();
+    (unique, left)
+}
+
 /// `known_of` for a listed UID the state does not know (or one that is
 /// not a candidate: invalid or shared).
 const NOT_KNOWN: u32 = u32::MAX;
@@ -601,5 +620,13 @@ mod tests {
             std::ptr::eq(p.fetch[41_999].uid.unwrap(), listed),
             "borrowed, not copied"
         );
+    }
+
+    #[test]
+    fn unique_uids_leave_out_invalid_and_shared_ones() {
+        let u = uidl(&[(1, "b"), (2, "x"), (3, "a"), (4, "x"), (5, "bad uid")]);
+        let (unique, left) = unique_uids(&u, &list(5));
+        assert_eq!(unique, [("b", 100), ("a", 300)]);
+        assert_eq!(left, 3);
     }
 }
