@@ -6,7 +6,7 @@ use popsync::pop3::listing::parse_lines;
 use popsync::pop3::pipeline::{Reply, pair_replies};
 use popsync::pop3::{
     Capabilities, Command, Event, ListEntry, MAX_STATUS_LINE, MultilineDecoder, ReplyPairing, Stat,
-    StatusLine, Uid, UidlEntry, find_status_line,
+    StatusLine, Uid, UidList, UidlEntry, find_status_line,
 };
 
 /// No control characters may reach a log line or a notification.
@@ -95,6 +95,19 @@ pub fn listing(data: &[u8]) {
                 }
                 Err(err) => assert_printable(&err.to_string()),
             }
+        }
+    }
+    // The compact listing the engine keeps agrees with the per-line parser.
+    let mut compact = UidList::default();
+    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match (UidlEntry::parse(line), compact.push_line(line)) {
+            (Ok(e), Ok(())) => {
+                let got = compact.get(compact.len() - 1);
+                assert_eq!(got.msg, e.msg);
+                assert_eq!(got.uid.ok(), e.uid.as_ref().ok().map(Uid::as_str));
+            }
+            (Err(_), Err(_)) => {}
+            (a, b) => panic!("UidlEntry::parse {a:?} but UidList::push_line {b:?}"),
         }
     }
     match parse_lines(data, ListEntry::parse) {

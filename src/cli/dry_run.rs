@@ -36,7 +36,7 @@ async fn one(
     let name = &account.name;
     let (session, s) = survey(config, account, trace, accept_uid_change).await?;
     super::server::quit_quietly(session).await;
-    let plan = s.plan.map_err(|e| {
+    let plan = s.plan().map_err(|e| {
         Failure::new(
             Exit::for_kind(crate::sync::FailureKind::Protocol),
             format!("account `{name}`: the sync would stop: {e}"),
@@ -46,7 +46,7 @@ async fn one(
         println!(
             "{name}: would fetch message {} UID {} ({} bytes)",
             w.msg,
-            w.uid.as_deref().unwrap_or("-"),
+            w.uid.unwrap_or("-"),
             w.size
         );
     }

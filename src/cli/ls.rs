@@ -9,9 +9,9 @@ use std::io::IsTerminal;
 use mail_parser::MessageParser;
 
 use crate::config::{Account, Config};
-use crate::pop3::{Command, ListEntry, UidlEntry};
+use crate::pop3::{Command, ListEntry, UidList};
 use crate::session::{Session, TraceSink};
-use crate::store::{KnownMessage, MessageState, SkipReason, Store};
+use crate::store::{KnownSet, MessageState, SkipReason, Store};
 use crate::sync::plan::{self, Plan, Policy};
 
 use super::exit::{Exit, Failure};
@@ -58,14 +58,29 @@ impl RowState {
     }
 }
 
-/// The server's listing next to the state, and the next sync's plan.
+/// The server's listing next to the state, and what the next sync's plan
+/// is made from.
 pub struct Survey {
-    pub uidl: Option<Vec<UidlEntry>>,
+    pub uidl: Option<UidList>,
     pub list: Vec<ListEntry>,
-    pub known: HashMap<String, KnownMessage>,
+    pub known: KnownSet,
     pub skip_reasons: HashMap<String, SkipReason>,
-    /// `Err` when the sync would refuse to run (no UIDL with keep, UIDs renumbered).
-    pub plan: Result<Plan, plan::PlanError>,
+    pub policy: Policy,
+    pub accept_uid_change: bool,
+}
+
+impl Survey {
+    /// The next sync's plan; `Err` when the sync would refuse to run (no
+    /// UIDL with keep, UIDs renumbered).
+    pub fn plan(&self) -> Result<Plan<'_>, plan::PlanError> {
+        plan::plan(
+            self.uidl.as_ref(),
+            &self.list,
+            &self.known,
+            self.policy,
+            self.accept_uid_change,
+        )
+    }
 }
 
 /// Connects, logs in, lists, and plans the next sync from the state opened
@@ -79,7 +94,7 @@ pub async fn survey(
     let fail = |e| session_failure(account, e);
     let (known, skip_reasons) = match Store::open_read_only_in(&config.state_dir)? {
         Some(store) => match store.find_account(&account.name)? {
-            Some(id) => (store.live_messages(id)?, store.skip_reasons(id)?),
+            Some(id) => (store.known_set(id)?, store.skip_reasons(id)?),
             None => Default::default(),
         },
         None => Default::default(),
@@ -95,13 +110,13 @@ pub async fn survey(
         max_size: account.max_size,
         now: super::sync::now(),
     };
-    let plan = plan::plan(uidl.as_deref(), &list, &known, policy, accept_uid_change);
     let survey = Survey {
         uidl,
         list,
         known,
         skip_reasons,
-        plan,
+        policy,
+        accept_uid_change,
     };
     Ok((session, survey))
 }
@@ -120,14 +135,17 @@ pub struct Row {
 }
 
 /// Each listed message's state. Pure: unit-tested below.
-pub fn row_states(s: &Survey) -> Vec<(u32, u64, Option<String>, RowState)> {
+pub fn row_states(
+    s: &Survey,
+    plan: &Result<Plan<'_>, plan::PlanError>,
+) -> Vec<(u32, u64, Option<String>, RowState)> {
     let uid_of: HashMap<u32, &str> = s
         .uidl
         .iter()
-        .flatten()
-        .filter_map(|e| e.uid.as_ref().ok().map(|u| (e.msg, u.as_str())))
+        .flat_map(|l| l.iter())
+        .filter_map(|e| e.uid.ok().map(|u| (e.msg, u)))
         .collect();
-    let (fetch, skip, delete) = match &s.plan {
+    let (fetch, skip, delete) = match plan {
         Ok(p) => (
             p.fetch.iter().map(|w| w.msg).collect(),
             p.skip
@@ -264,10 +282,11 @@ pub async fn run(
     trace: Option<TraceSink>,
 ) -> Result<Exit, Failure> {
     let (mut session, s) = survey(config, account, trace, false).await?;
-    if let Err(e) = &s.plan {
+    let plan = s.plan();
+    if let Err(e) = &plan {
         eprintln!("popsync: account `{}`: {e}", account.name);
     }
-    let states: Vec<_> = row_states(&s)
+    let states: Vec<_> = row_states(&s, &plan)
         .into_iter()
         .filter(|(_, _, _, st)| !only_new || st.is_fetched_next())
         .collect();
@@ -352,11 +371,12 @@ fn fit(line: &str, width: Option<usize>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pop3::Uid;
+    use crate::pop3::{Uid, UidlEntry};
+    use crate::store::KnownMessage;
 
     #[test]
     fn states_follow_the_next_syncs_plan() {
-        let uidl: Vec<UidlEntry> = ["s", "m", "k", "n", "big", "p"]
+        let uidl: UidList = ["s", "m", "k", "n", "big", "p"]
             .iter()
             .enumerate()
             .map(|(i, u)| UidlEntry {
@@ -375,14 +395,13 @@ mod tests {
             first_seen: 0,
             deleted_at: None,
         };
-        let known: HashMap<String, KnownMessage> = [
+        let known: KnownSet = [
             ("s", k(MessageState::Delivered)),
             ("m", k(MessageState::Marked)),
             ("k", k(MessageState::Skipped)),
             ("p", k(MessageState::Pending)),
         ]
         .into_iter()
-        .map(|(u, k)| (u.to_string(), k))
         .collect();
         let reasons: HashMap<String, SkipReason> = [("k".to_string(), SkipReason::Desynced)].into();
         let policy = |keep| Policy {
@@ -392,13 +411,15 @@ mod tests {
             now: 0,
         };
         let survey = |keep| Survey {
-            plan: plan::plan(Some(&uidl), &list, &known, policy(keep), false),
             uidl: Some(uidl.clone()),
             list: list.clone(),
             known: known.clone(),
             skip_reasons: reasons.clone(),
+            policy: policy(keep),
+            accept_uid_change: false,
         };
-        let states: Vec<String> = row_states(&survey(true))
+        let rows = |s: &Survey| row_states(s, &s.plan());
+        let states: Vec<String> = rows(&survey(true))
             .into_iter()
             .map(|r| r.3.label())
             .collect();
@@ -413,7 +434,7 @@ mod tests {
                 "new"
             ]
         );
-        let first = &row_states(&survey(false))[0];
+        let first = &rows(&survey(false))[0];
         assert_eq!(
             (first.2.as_deref(), &first.3),
             (Some("s"), &RowState::DeletedPending)

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::config::{Account, Config};
+use crate::pop3::{ListEntry, UidList};
 use crate::session::{Session, SessionError, TraceSink};
 use crate::store::{AccountId, Store};
 use crate::sync::{AccountLock, LockError};
@@ -68,6 +69,35 @@ pub async fn open(
     account: &Account,
     trace: Option<TraceSink>,
 ) -> Result<(Session, ServerUids), Failure> {
+    let (session, uidl, list) = open_listings(account, trace).await?;
+    let sizes: HashMap<u32, u64> = list.iter().map(|e| (e.msg, e.size)).collect();
+    let mut out = ServerUids::default();
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for e in &uidl {
+        if let Ok(uid) = e.uid {
+            *count.entry(uid).or_default() += 1;
+        }
+    }
+    for e in &uidl {
+        match e.uid {
+            Err(_) => out.invalid.push(e.msg),
+            Ok(uid) if count[uid] > 1 => {
+                out.shared.insert(uid.to_string(), count[uid]);
+            }
+            Ok(uid) => {
+                let size = sizes.get(&e.msg).copied().unwrap_or(0);
+                out.unique.insert(uid.to_string(), (e.msg, size));
+            }
+        }
+    }
+    Ok((session, out))
+}
+
+/// [`open`] without the maps: the UIDL and LIST replies in compact form.
+pub async fn open_listings(
+    account: &Account,
+    trace: Option<TraceSink>,
+) -> Result<(Session, UidList, Vec<ListEntry>), Failure> {
     let fail = |e| session_failure(account, e);
     let mut session = login(account, trace).await?;
     let (uidl, list) = session
@@ -84,27 +114,7 @@ pub async fn open(
             ),
         ));
     };
-    let sizes: HashMap<u32, u64> = list.iter().map(|e| (e.msg, e.size)).collect();
-    let mut out = ServerUids::default();
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for e in &uidl {
-        if let Ok(uid) = &e.uid {
-            *count.entry(uid.as_str()).or_default() += 1;
-        }
-    }
-    for e in &uidl {
-        match &e.uid {
-            Err(_) => out.invalid.push(e.msg),
-            Ok(uid) if count[uid.as_str()] > 1 => {
-                out.shared.insert(uid.to_string(), count[uid.as_str()]);
-            }
-            Ok(uid) => {
-                let size = sizes.get(&e.msg).copied().unwrap_or(0);
-                out.unique.insert(uid.to_string(), (e.msg, size));
-            }
-        }
-    }
-    Ok((session, out))
+    Ok((session, uidl, list))
 }
 
 /// Connects with the account's TLS settings and logs in with its

@@ -14,7 +14,9 @@ pub mod response;
 pub mod sasl;
 
 pub use command::{Command, CommandError};
-pub use listing::{Capabilities, ListEntry, Stat, Uid, UidError, UidlEntry};
+pub use listing::{
+    Capabilities, ListEntry, Listing, Stat, Uid, UidError, UidList, UidText, UidlEntry, UidlRef,
+};
 pub use multiline::{Decoded, MultilineDecoder};
 pub use pipeline::{Event, PairingError, ReplyPairing, ReplyShape};
 pub use response::{

@@ -23,7 +23,7 @@ pub use tls::TlsInfo;
 pub use trace::{Trace, TraceSink};
 
 use crate::config::TlsMode;
-use crate::pop3::{Capabilities, Command, ListEntry, Stat, Status, StatusLine, UidlEntry};
+use crate::pop3::{Capabilities, Command, ListEntry, Listing, Stat, Status, StatusLine, UidList};
 use connection::{Connection, Stream, with_timeout};
 
 /// Listings (UIDL, LIST, CAPA) larger than this are hostile: 64 MiB holds
@@ -275,9 +275,7 @@ impl Session {
 
     /// UIDL and LIST for every message. Pipelined when the server allows.
     /// `uidl` is `None` when the server does not support UIDL.
-    pub async fn listings(
-        &mut self,
-    ) -> Result<(Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
+    pub async fn listings(&mut self) -> Result<(Option<UidList>, Vec<ListEntry>), SessionError> {
         self.listings_bounded(crate::config::DEFAULT_MAX_MESSAGES)
             .await
     }
@@ -289,7 +287,7 @@ impl Session {
     pub async fn listings_bounded(
         &mut self,
         max_messages: u32,
-    ) -> Result<(Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
+    ) -> Result<(Option<UidList>, Vec<ListEntry>), SessionError> {
         let (_, uidl, list) = self.stat_and_listings(max_messages).await?;
         Ok((uidl, list))
     }
@@ -299,7 +297,7 @@ impl Session {
     pub async fn stat_and_listings(
         &mut self,
         max_messages: u32,
-    ) -> Result<(Option<Stat>, Option<Vec<UidlEntry>>, Vec<ListEntry>), SessionError> {
+    ) -> Result<(Option<Stat>, Option<UidList>, Vec<ListEntry>), SessionError> {
         let pipelined = self.can_pipeline();
         // STAT and UIDL have gone out together since STAT was added, with
         // or without PIPELINING; LIST joins them only when it is offered.
@@ -317,7 +315,7 @@ impl Session {
             st.count.min(u64::from(max_messages))
         });
         let uidl = if p.next_reply().await?.body_follows {
-            Some(read_listing(&mut p, "UIDL", bound, max_messages, UidlEntry::parse).await?)
+            Some(read_listing(&mut p, "UIDL", bound, max_messages).await?)
         } else {
             None
         };
@@ -325,7 +323,7 @@ impl Session {
             p.send(&Command::List(None))?;
         }
         p.expect_ok(&Command::List(None)).await?;
-        let list = read_listing(&mut p, "LIST", bound, max_messages, ListEntry::parse).await?;
+        let list = read_listing(&mut p, "LIST", bound, max_messages).await?;
         Ok((stat, uidl, list))
     }
 
@@ -340,23 +338,22 @@ impl Session {
 }
 
 /// Reads a UIDL or LIST body line by line as it arrives, at most `bound`
-/// entries.
-async fn read_listing<T>(
+/// entries, into its compact form.
+async fn read_listing<T: Listing>(
     p: &mut Pipeline<'_>,
     what: &'static str,
     bound: u64,
     max_messages: u32,
-    parse: impl Fn(&[u8]) -> Result<T, crate::pop3::ProtocolError>,
-) -> Result<Vec<T>, SessionError> {
+) -> Result<T, SessionError> {
     let byte_limit = MAX_LISTING.min((bound + 1) * MAX_LISTING_LINE);
-    let mut out = Vec::new();
+    let mut out = T::default();
     let mut partial: Vec<u8> = Vec::new();
     let mut failure: Option<SessionError> = None;
-    let take = |line: &[u8], out: &mut Vec<T>| -> Result<(), SessionError> {
+    let take = |line: &[u8], out: &mut T| -> Result<(), SessionError> {
         if line.is_empty() {
             return Ok(());
         }
-        if out.len() as u64 >= bound {
+        if out.entries() as u64 >= bound {
             return Err(SessionError::TooLong {
                 what,
                 detail: if bound == u64::from(max_messages) {
@@ -368,7 +365,7 @@ async fn read_listing<T>(
                 },
             });
         }
-        out.push(parse(line)?);
+        out.push_line(line)?;
         Ok(())
     };
     let res = p

@@ -4,6 +4,7 @@
 //! crash between "message in place" and "UID committed" recoverable, and
 //! records every run. Schema changes are plain SQL files in `migrations/`.
 
+mod known;
 mod location;
 mod repair;
 mod report;
@@ -18,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
 use crate::deliver::{BatchToken, StoredMessage};
+pub use known::KnownSet;
 pub use location::{decode_location, encode_location};
 pub use report::{AccountCounts, DeliveryRecord, MarkCounts, RunSummary};
 pub use skip_reason::{SkipKind, SkipReason};
@@ -150,7 +152,7 @@ impl MessageState {
 }
 
 /// A UID the state knows as currently on the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownMessage {
     pub state: MessageState,
     pub first_seen: i64,
@@ -369,6 +371,48 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// [`Store::live_messages`] in compact, sorted form, for planning: read
+    /// in the index's UID order, so nothing is sorted in memory.
+    pub fn known_set(&self, account: AccountId) -> Result<KnownSet, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT uid, state, first_seen, deleted_at FROM message
+                 WHERE account_id = ?1 AND gone_at IS NULL ORDER BY uid",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([account]).map_err(|e| self.err(e))?;
+        let mut set = KnownSet::default();
+        // Rows that do not arrive in Rust's order (never, with SQLite's
+        // BINARY collation) are sorted here instead.
+        let mut unsorted = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let uid: String = r.get(0).map_err(|e| self.err(e))?;
+            let state: String = r.get(1).map_err(|e| self.err(e))?;
+            let state = MessageState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("unknown message state {state:?}"),
+            })?;
+            let message = KnownMessage {
+                state,
+                first_seen: r.get(2).map_err(|e| self.err(e))?,
+                deleted_at: r.get(3).map_err(|e| self.err(e))?,
+            };
+            if !unsorted.is_empty() || !set.push_sorted(&uid, message) {
+                unsorted.push((uid, message));
+            }
+        }
+        if unsorted.is_empty() {
+            set.shrink_to_fit();
+            return Ok(set);
+        }
+        unsorted.extend(set.iter().map(|(u, m)| (u.to_string(), m)));
+        KnownSet::from_rows(unsorted).ok_or_else(|| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: "more than 4 GiB of live UIDs".to_string(),
+        })
     }
 
     /// Records UIDs seen on the server for the first time, as pending.

@@ -75,7 +75,7 @@ enum InFlight {
 
 /// Commands still to send and those sent but not yet answered.
 struct Queue<'w> {
-    wanted: &'w [Wanted],
+    wanted: &'w [Wanted<'w>],
     /// Index in `wanted` of the next RETR to send.
     next: usize,
     window: Window,
@@ -178,7 +178,7 @@ impl<'a> Fetcher<'a> {
     /// Fetches `plan.fetch`, deletes `plan.delete` and (by policy) what it
     /// fetched. Returns the UIDs whose DELE the server accepted; they are
     /// gone only once QUIT succeeds.
-    pub async fn run(&mut self, plan: &Plan) -> Result<Vec<String>, SyncError> {
+    pub async fn run(&mut self, plan: &Plan<'_>) -> Result<Vec<String>, SyncError> {
         let window = if self.session.can_pipeline() {
             self.opts.pipeline
         } else {
@@ -196,7 +196,11 @@ impl<'a> Fetcher<'a> {
             next: 0,
             window,
             retr_bytes: 0,
-            deletes: plan.delete.iter().cloned().collect(),
+            deletes: plan
+                .delete
+                .iter()
+                .map(|&(m, u)| (m, u.to_string()))
+                .collect(),
             in_flight: VecDeque::new(),
         };
         let mut deleted = Vec::new();
@@ -284,12 +288,12 @@ impl<'a> Fetcher<'a> {
     /// complete when its terminator arrived and a status line follows it.
     async fn retrieve(
         &mut self,
-        want: &Wanted,
+        want: &Wanted<'_>,
         batch: &mut Option<Batch<'a>>,
         queue: &mut Queue<'_>,
     ) -> Result<(), SyncError> {
         let line = self.session.read_status().await?;
-        let uid_shown = want.uid.as_deref().unwrap_or("-");
+        let uid_shown = want.uid.unwrap_or("-");
         if !line.is_ok() {
             self.report.skipped += 1;
             self.report.warn(format!(
@@ -353,7 +357,7 @@ impl<'a> Fetcher<'a> {
         let pending = message.finish()?;
         batch.bytes += stats.bytes;
         let uid = match &want.uid {
-            Some(uid) => uid.clone(),
+            Some(uid) => uid.to_string(),
             None => format!("no-uidl:{}:{}", self.run_id, want.msg),
         };
         batch.items.push((uid, pending, want.msg));
@@ -368,7 +372,7 @@ impl<'a> Fetcher<'a> {
     /// extra round trip mid-mailbox.
     async fn confirm_in_step(
         &mut self,
-        want: &Wanted,
+        want: &Wanted<'_>,
         queue: &mut Queue<'_>,
     ) -> Result<(), SyncError> {
         if queue.in_flight.is_empty() {
@@ -382,7 +386,7 @@ impl<'a> Fetcher<'a> {
         if self.session.next_is_status().await? {
             return Ok(());
         }
-        let uid = want.uid.clone().unwrap_or_else(|| "-".to_string());
+        let uid = want.uid.unwrap_or("-").to_string();
         if let Some(uid) = &want.uid {
             // Fetched after all others next run, so it cannot starve them.
             let (store, acct) = (self.store, self.acct);
@@ -517,7 +521,7 @@ impl<'a> Fetcher<'a> {
         }
     }
 
-    fn progress_bar(&self, wanted: &[Wanted]) -> Option<indicatif::ProgressBar> {
+    fn progress_bar(&self, wanted: &[Wanted<'_>]) -> Option<indicatif::ProgressBar> {
         let multi = self.opts.progress.as_ref()?;
         if wanted.len() < 20 {
             return None;

@@ -441,29 +441,18 @@ async fn run(
         max_size: account.max_size,
         now: opts.now,
     };
-    let known = with_store(store, |s| s.live_messages(acct))?;
-    let mut plan = plan::plan(
-        uidl.as_deref(),
-        &list,
-        &known,
-        policy,
-        opts.accept_uid_change,
-    )?;
+    let known = with_store(store, |s| s.known_set(acct))?;
+    let mut plan = plan::plan(uidl.as_ref(), &list, &known, policy, opts.accept_uid_change)?;
     if !plan.delete.is_empty() {
         keep_unverified(&mut plan, acct, store, report)?;
     }
-    let new: Vec<(&str, u64)> = plan
-        .new_uids
-        .iter()
-        .map(|(u, s)| (u.as_str(), *s))
-        .collect();
-    with_store(store, |s| s.add_pending(acct, &new, opts.now))?;
+    with_store(store, |s| s.add_pending(acct, &plan.new_uids, opts.now))?;
     if uidl.is_some() {
         // `known` is the live set just read (new UIDs are all present), so
         // no second read of it: that read was a quarter of a no-op run's CPU.
-        let gone: Vec<&str> = plan.gone.iter().map(String::as_str).collect();
+        let gone = &plan.gone;
         if !gone.is_empty() {
-            with_store(store, |s| s.retire(acct, &gone, opts.now))?;
+            with_store(store, |s| s.retire(acct, gone, opts.now))?;
             tracing::debug!(account = %account.name, retired = gone.len(), "UIDs no longer on the server");
         }
         let pruned = with_store(store, |s| s.prune_retired(acct, opts.now, RETIRED_HORIZON))?;
@@ -527,16 +516,16 @@ async fn run(
 /// row is not proof (a maildir deleted since, a server that serves an old
 /// UID again, a forged row). The others stay on the server, reported.
 fn keep_unverified(
-    plan: &mut plan::Plan,
+    plan: &mut plan::Plan<'_>,
     acct: AccountId,
     store: &SharedStore,
     report: &mut AccountReport,
 ) -> Result<(), SyncError> {
     let records = with_store(store, |s| s.delivery_records(acct))?;
-    let uids: Vec<&str> = plan.delete.iter().map(|(_, u)| u.as_str()).collect();
+    let uids: Vec<&str> = plan.delete.iter().map(|&(_, u)| u).collect();
     let verdicts = blocking(|| crate::verify::deletable(&records, uids));
     let mut kept = Vec::new();
-    plan.delete.retain(|(msg, uid)| match verdicts.get(uid) {
+    plan.delete.retain(|(msg, uid)| match verdicts.get(*uid) {
         Some(Ok(())) => true,
         Some(Err(why)) => {
             kept.push(format!("message {msg} (UID {uid}): {why}"));

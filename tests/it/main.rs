@@ -19,6 +19,7 @@ mod init;
 mod init_oauth2;
 mod init_terminal;
 mod lab;
+mod large_mailbox;
 mod list_sizes;
 mod local_faults;
 mod migrate;

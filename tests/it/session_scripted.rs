@@ -246,7 +246,7 @@ async fn listings_are_pipelined_only_when_offered() {
             .unwrap();
         s.login(&creds(AuthMethod::User, true)).await.unwrap();
         let (uidl, list) = s.listings().await.unwrap();
-        assert_eq!(uidl.unwrap()[0].uid.as_ref().unwrap().as_str(), "abc");
+        assert_eq!(uidl.unwrap().get(0).uid, Ok("abc"));
         assert_eq!(list[0].size, 120);
         s.quit().await.unwrap();
         server.finish().await.unwrap();
