@@ -714,6 +714,21 @@ impl Store {
         tx.commit().map_err(|e| err_at(&self.path, e))
     }
 
+    /// Drops the batch mark when no message was journaled under it: call
+    /// only once its batch is undone (its bytes gone, nothing to repair).
+    /// A mark left behind would make the next recovery take mail another
+    /// program appended since for this batch's torn tail.
+    pub fn clear_unjournaled_mark(&mut self, account: AccountId) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM batch_mark WHERE account_id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM intent WHERE account_id = ?1)",
+                [account],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Leaves a message on the server on purpose, with the reason for `status`.
     pub fn mark_skipped(
         &mut self,

@@ -6,6 +6,7 @@
 mod support;
 
 mod archive;
+mod cancelled_sync;
 mod crash;
 mod daemon;
 mod daemon_notify;
