@@ -451,7 +451,20 @@ impl<'a> Fetcher<'a> {
             match pending.stored().await {
                 Ok(s) => stored.push((uid, s, msg)),
                 Err(e) => {
+                    // Without a token there is nothing to undo: each message
+                    // was delivered when it finished (an MDA exited 0), so
+                    // those before the failure are committed, not handed to
+                    // the MDA again on every retry.
+                    let delivered = handle.token().is_none();
                     self.forget_batch(handle.abort()).await;
+                    if delivered && !stored.is_empty() {
+                        let items: Vec<(&str, &StoredMessage)> =
+                            stored.iter().map(|(u, s, _)| (u.as_str(), s)).collect();
+                        with_store(store, |s| {
+                            s.commit_delivered(acct, target_id, &items, now, true)
+                        })?;
+                        self.count_delivered(stored, headers);
+                    }
                     return Err(e.into());
                 }
             }
@@ -482,6 +495,16 @@ impl<'a> Fetcher<'a> {
 
         let committed: Vec<(u32, String)> =
             stored.iter().map(|(u, _, m)| (*m, u.clone())).collect();
+        self.count_delivered(stored, headers);
+        Ok(committed)
+    }
+
+    /// Adds committed messages to the run's report.
+    fn count_delivered(
+        &mut self,
+        stored: Vec<(String, StoredMessage, u32)>,
+        headers: VecDeque<Vec<u8>>,
+    ) {
         self.report.new_messages += stored.len() as u64;
         self.report.new_bytes += stored.iter().map(|(_, s, _)| s.size).sum::<u64>();
         self.report
@@ -490,7 +513,6 @@ impl<'a> Fetcher<'a> {
         for header in headers {
             keep_newest(&mut self.report.newest_headers, header);
         }
-        Ok(committed)
     }
 
     /// After a failed RETR: when the server (not the target) failed, the
@@ -504,6 +526,12 @@ impl<'a> Fetcher<'a> {
             if let Err(e) = self.close_batch(batch).await {
                 self.report
                     .warn(format!("could not keep the messages received so far: {e}"));
+            }
+        } else if batch.handle.token().is_none() && !batch.items.is_empty() {
+            // Delivered as they finished (MDA): commits those before the
+            // failure; the failure itself is what the run reports.
+            if let Err(e) = self.close_batch(batch).await {
+                tracing::debug!("closing the delivered part of the batch: {e}");
             }
         } else {
             self.forget_batch(batch.handle.abort()).await;

@@ -23,6 +23,7 @@ mod lab;
 mod large_mailbox;
 mod list_sizes;
 mod local_faults;
+mod mda_batch;
 mod migrate;
 mod newcomer;
 mod oauth2;
