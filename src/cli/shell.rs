@@ -314,7 +314,7 @@ impl Shell<'_> {
                 return Ok(false);
             }
         };
-        let reply = self.send(&cmd).await?;
+        let (reply, body) = self.send(&cmd).await?;
         if reply.is_ok() {
             match cmd {
                 Command::Dele(n) => say(&format!(
@@ -323,25 +323,32 @@ impl Shell<'_> {
                 Command::Rset => say("every DELE mark of this session is undone"),
                 _ => {}
             }
-            if cmd.has_multiline_reply() {
+            if let Some(body) = body {
                 let paged = matches!(cmd, Command::Retr(_) | Command::Top(..));
-                self.show_body(paged, input).await?;
+                self.show_body(&body, paged, input)?;
             }
         }
         Ok(false)
     }
 
-    async fn send(&mut self, cmd: &Command<'_>) -> Result<StatusLine, Failure> {
-        let s = self.session();
-        let result = async {
-            s.queue(cmd)?;
-            s.flush().await?;
-            s.read_status().await
+    /// Sends `cmd` and prints its status line; a multi-line body behind it
+    /// is read whole (at most `SHOW_LIMIT`) and returned.
+    async fn send(&mut self, cmd: &Command<'_>) -> Result<(StatusLine, Option<Vec<u8>>), Failure> {
+        let mut p = self.session().pipeline(1);
+        let reply = async {
+            p.send(cmd)?;
+            p.next_reply().await
         }
         .await;
-        let reply = result.map_err(|e| self.fail(e))?;
-        print_status(&reply);
-        Ok(reply)
+        let body = match &reply {
+            Ok(r) if r.body_follows => Some(p.read_body_prefix(SHOW_LIMIT, usize::MAX).await),
+            _ => None,
+        };
+        drop(p);
+        let reply = reply.map_err(|e| self.fail(e))?;
+        print_status(&reply.line);
+        let body = body.transpose().map_err(|e| self.fail(e))?;
+        Ok((reply.line, body))
     }
 
     /// The same rule as sync: no credential over a connection without TLS
@@ -367,7 +374,7 @@ impl Shell<'_> {
         else {
             return Ok(());
         };
-        let reply = self.send(&Command::Pass(&secret)).await?;
+        let (reply, _) = self.send(&Command::Pass(&secret)).await?;
         if reply.is_ok() {
             self.state = PopState::Transaction;
         }
@@ -388,7 +395,7 @@ impl Shell<'_> {
             return Ok(());
         };
         let digest = apop::digest(&timestamp, &secret);
-        let reply = self
+        let (reply, _) = self
             .send(&Command::Apop {
                 user,
                 digest: &digest,
@@ -415,12 +422,12 @@ impl Shell<'_> {
         Ok(())
     }
 
-    async fn show_body(&mut self, paged: bool, input: &mut dyn Input) -> Result<(), Failure> {
-        let read = self
-            .session()
-            .read_body_prefix(SHOW_LIMIT, usize::MAX)
-            .await;
-        let body = read.map_err(|e| self.fail(e))?;
+    fn show_body(
+        &mut self,
+        body: &[u8],
+        paged: bool,
+        input: &mut dyn Input,
+    ) -> Result<(), Failure> {
         let mut lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
         if body.ends_with(b"\n") {
             lines.pop();

@@ -14,8 +14,8 @@ use tokio_rustls::client::TlsStream;
 use super::SessionError;
 use super::trace::Trace;
 use crate::pop3::{
-    Command, Event, MAX_STATUS_LINE, MultilineDecoder, PairingError, ReplyPairing, StatusLine,
-    begins_with_status, find_status_line,
+    Command, Event, MAX_STATUS_LINE, PairingError, ReplyPairing, StatusLine, begins_with_status,
+    find_status_line,
 };
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -127,7 +127,6 @@ pub(crate) struct Connection {
     wbuf: Vec<u8>,
     pub(crate) io_timeout: Duration,
     pub(crate) trace: Trace,
-    scratch: Vec<u8>,
 }
 
 impl Connection {
@@ -139,7 +138,6 @@ impl Connection {
             wbuf: Vec::with_capacity(4096),
             io_timeout,
             trace,
-            scratch: Vec::with_capacity(READ_CHUNK + 1),
         }
     }
 
@@ -285,57 +283,6 @@ impl Connection {
                 return Ok(in_step);
             }
             self.fill(deadline, "waiting for the next response").await?;
-        }
-    }
-
-    /// Reads a multi-line body, handing un-stuffed LF-ended bytes to `sink`
-    /// chunk by chunk. More than `limit` decoded bytes is an error (the
-    /// connection is then unusable: the body was not read to its end).
-    /// Each `timeout` must bring [`MIN_PROGRESS`] bytes, or the body's end.
-    pub(crate) async fn read_body<E>(
-        &mut self,
-        limit: u64,
-        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<BodyStats, BodyError<E>> {
-        let mut decoder = MultilineDecoder::new();
-        let mut sink_error = None;
-        let mut window_end = Instant::now() + self.io_timeout;
-        let mut window_bytes = 0;
-        loop {
-            if self.rpos < self.rbuf.len() {
-                self.scratch.clear();
-                let decoded = decoder.decode(&self.rbuf[self.rpos..], &mut self.scratch);
-                self.rpos += decoded.consumed;
-                if decoder.bytes_out() > limit {
-                    return Err(SessionError::BodyTooLarge { limit }.into());
-                }
-                if sink_error.is_none()
-                    && !self.scratch.is_empty()
-                    && let Err(e) = sink(&self.scratch)
-                {
-                    sink_error = Some(e);
-                }
-                if decoded.done {
-                    self.trace.body(decoder.lines(), decoder.bytes_out());
-                    return match sink_error {
-                        Some(e) => Err(BodyError::Sink(e)),
-                        None => Ok(BodyStats {
-                            lines: decoder.lines(),
-                            bytes: decoder.bytes_out(),
-                        }),
-                    };
-                }
-            }
-            window_bytes += self
-                .fill(
-                    window_end,
-                    "a multi-line response (less than 1 KiB per timeout)",
-                )
-                .await?;
-            if window_bytes >= MIN_PROGRESS {
-                window_end = Instant::now() + self.io_timeout;
-                window_bytes = 0;
-            }
         }
     }
 

@@ -195,72 +195,6 @@ impl Session {
         self.capabilities.pipelining()
     }
 
-    /// Queues a command without sending it (for pipelining).
-    pub fn queue(&mut self, cmd: &Command<'_>) -> Result<(), SessionError> {
-        self.conn.queue(cmd)
-    }
-
-    /// Sends what was queued.
-    pub async fn flush(&mut self) -> Result<(), SessionError> {
-        self.conn.flush().await
-    }
-
-    /// Reads the next status line, whatever it says.
-    pub async fn read_status(&mut self) -> Result<StatusLine, SessionError> {
-        self.conn.read_status().await
-    }
-
-    /// Reads the next status line and turns `-ERR` into an error.
-    pub async fn expect_ok(&mut self, cmd: &Command<'_>) -> Result<StatusLine, SessionError> {
-        let line = self.conn.read_status().await?;
-        if line.status == Status::Ok {
-            Ok(line)
-        } else {
-            Err(SessionError::Command {
-                command: format!("{cmd:?}"),
-                line,
-            })
-        }
-    }
-
-    /// After a multi-line body: is the next thing on the wire a status line
-    /// (the stream in step)? A command must be in flight.
-    pub async fn next_is_status(&mut self) -> Result<bool, SessionError> {
-        self.conn.next_is_status().await
-    }
-
-    /// Reads a multi-line body into `sink`; see [`BodyError`].
-    pub async fn read_body<E>(
-        &mut self,
-        limit: u64,
-        sink: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<BodyStats, BodyError<E>> {
-        self.conn.read_body(limit, sink).await
-    }
-
-    /// Reads a whole multi-line body (at most `limit` bytes, else an error)
-    /// and keeps its first `keep` bytes: e.g. the header section of a TOP.
-    pub async fn read_body_prefix(
-        &mut self,
-        limit: u64,
-        keep: usize,
-    ) -> Result<Vec<u8>, SessionError> {
-        let mut kept = Vec::new();
-        let read = self
-            .conn
-            .read_body(limit, |chunk| {
-                let room = keep.saturating_sub(kept.len());
-                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .await;
-        match read {
-            Ok(_) => Ok(kept),
-            Err(BodyError::Session(e)) => Err(e),
-            Err(BodyError::Sink(never)) => match never {},
-        }
-    }
-
     /// Sends one command and waits for `+OK`.
     pub async fn command(&mut self, cmd: &Command<'_>) -> Result<StatusLine, SessionError> {
         let mut p = self.pipeline(1);
@@ -302,29 +236,8 @@ impl Session {
         // STAT and UIDL have gone out together since STAT was added, with
         // or without PIPELINING; LIST joins them only when it is offered.
         let mut p = self.pipeline(if pipelined { 3 } else { 2 });
-        p.send(&Command::Stat)?;
-        p.send(&Command::Uidl(None))?;
-        if pipelined {
-            p.send(&Command::List(None))?;
-        }
-        let stat_line = p.expect_ok(&Command::Stat).await?.line;
-        // STAT's count only narrows the bound: a claim of 10^9, or a reply
-        // that is not "+OK count size", changes nothing.
-        let stat = Stat::parse(&stat_line.text).ok();
-        let bound = stat.as_ref().map_or(u64::from(max_messages), |st| {
-            st.count.min(u64::from(max_messages))
-        });
-        let uidl = if p.next_reply().await?.body_follows {
-            Some(read_listing(&mut p, "UIDL", bound, max_messages).await?)
-        } else {
-            None
-        };
-        if !pipelined {
-            p.send(&Command::List(None))?;
-        }
-        p.expect_ok(&Command::List(None)).await?;
-        let list = read_listing(&mut p, "LIST", bound, max_messages).await?;
-        Ok((stat, uidl, list))
+        send_listing_commands(&mut p, pipelined)?;
+        read_stat_and_listings(&mut p, pipelined, max_messages).await
     }
 
     /// Ends the session with QUIT: only now does the server remove messages
@@ -335,6 +248,44 @@ impl Session {
         self.conn.shutdown().await;
         line
     }
+}
+
+/// The listing's commands: STAT, UIDL, and LIST when `pipelined` (else
+/// LIST waits for UIDL's reply).
+fn send_listing_commands(p: &mut Pipeline<'_>, pipelined: bool) -> Result<(), SessionError> {
+    p.send(&Command::Stat)?;
+    p.send(&Command::Uidl(None))?;
+    if pipelined {
+        p.send(&Command::List(None))?;
+    }
+    Ok(())
+}
+
+/// Reads the replies to [`send_listing_commands`], sending LIST in between
+/// when not `pipelined`.
+async fn read_stat_and_listings(
+    p: &mut Pipeline<'_>,
+    pipelined: bool,
+    max_messages: u32,
+) -> Result<(Option<Stat>, Option<UidList>, Vec<ListEntry>), SessionError> {
+    let stat_line = p.expect_ok(&Command::Stat).await?.line;
+    // STAT's count only narrows the bound: a claim of 10^9, or a reply
+    // that is not "+OK count size", changes nothing.
+    let stat = Stat::parse(&stat_line.text).ok();
+    let bound = stat.as_ref().map_or(u64::from(max_messages), |st| {
+        st.count.min(u64::from(max_messages))
+    });
+    let uidl = if p.next_reply().await?.body_follows {
+        Some(read_listing(p, "UIDL", bound, max_messages).await?)
+    } else {
+        None
+    };
+    if !pipelined {
+        p.send(&Command::List(None))?;
+    }
+    p.expect_ok(&Command::List(None)).await?;
+    let list = read_listing(p, "LIST", bound, max_messages).await?;
+    Ok((stat, uidl, list))
 }
 
 /// Reads a UIDL or LIST body line by line as it arrives, at most `bound`

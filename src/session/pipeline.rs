@@ -143,6 +143,16 @@ impl Pipeline<'_> {
         }
     }
 
+    /// After a body read to its end: whether the next reply has begun with
+    /// a status line (the stream in step), without consuming it. LIST sizes
+    /// are advisory, so this is what says a message really ended at its
+    /// terminator. A command must be in flight.
+    pub async fn next_is_status(&mut self) -> Result<bool, SessionError> {
+        debug_assert!(!self.pairing.in_body() && self.in_flight() > 0);
+        self.flush().await?;
+        self.session.conn.next_is_status().await
+    }
+
     /// Reads the body announced by the last status line, handing un-stuffed
     /// LF-ended chunks to `sink`. More than `limit` bytes is an error (the
     /// session is then out of step). Each I/O time-out must bring

@@ -10,7 +10,7 @@ use crate::config::Account;
 use crate::deliver::thread::{BatchHandle, DeliveryThread, PendingMessage, stopped};
 use crate::deliver::{DeliverError, MessageMeta, StoredMessage};
 use crate::pop3::Command;
-use crate::session::{BodyError, Session, SessionError};
+use crate::session::{BodyError, Pipeline, Session, SessionError};
 use crate::store::{AccountId, SkipReason, TargetId};
 
 use super::headers::{HeaderCapture, keep_newest};
@@ -66,6 +66,18 @@ impl Window {
     }
 }
 
+/// The fetch loop's pipeline: `window.commands` deep, plus one for the
+/// NOOP or QUIT behind the last RETR, where the server offers PIPELINING;
+/// lock-step (a window of 1) otherwise.
+pub(super) fn pipeline(session: &mut Session, window: Window) -> Pipeline<'_> {
+    if session.can_pipeline() {
+        session.pipeline(window.commands.saturating_add(1))
+    } else {
+        session.pipeline(1)
+    }
+}
+
+/// What each reply in flight answers (the pipeline knows its shape).
 enum InFlight {
     Retr(usize),
     Dele(u32, String),
@@ -88,13 +100,13 @@ struct Queue<'w> {
 impl Queue<'_> {
     /// Queues DELEs first, then RETRs (none when `stopping`), as far as the
     /// window admits.
-    fn fill(&mut self, session: &mut Session, stopping: bool) -> Result<(), SessionError> {
+    fn fill(&mut self, pipeline: &mut Pipeline<'_>, stopping: bool) -> Result<(), SessionError> {
         while self.has_room() {
             if let Some((msg, uid)) = self.deletes.pop_front() {
-                session.queue(&Command::Dele(msg))?;
+                pipeline.send(&Command::Dele(msg))?;
                 self.in_flight.push_back(InFlight::Dele(msg, uid));
             } else if self.next < self.wanted.len() && !stopping {
-                session.queue(&Command::Retr(self.wanted[self.next].msg))?;
+                pipeline.send(&Command::Retr(self.wanted[self.next].msg))?;
                 self.retr_bytes = self.retr_bytes.saturating_add(self.wanted[self.next].size);
                 self.in_flight.push_back(InFlight::Retr(self.next));
                 self.next += 1;
@@ -107,6 +119,13 @@ impl Queue<'_> {
 
     fn has_room(&self) -> bool {
         self.window.admits(self.in_flight.len(), self.retr_bytes)
+    }
+
+    /// The command that confirms the last RETR.
+    fn send_confirmation(&mut self, pipeline: &mut Pipeline<'_>) -> Result<(), SessionError> {
+        pipeline.send(&Command::Noop)?;
+        self.in_flight.push_back(InFlight::Noop);
+        Ok(())
     }
 }
 
@@ -141,7 +160,7 @@ impl Batch<'_> {
 }
 
 pub(super) struct Fetcher<'a> {
-    pub session: &'a mut Session,
+    pub pipeline: Pipeline<'a>,
     pub delivery: &'a DeliveryThread,
     pub target_id: &'a TargetId,
     pub store: &'a SharedStore,
@@ -179,7 +198,9 @@ impl<'a> Fetcher<'a> {
     /// fetched. Returns the UIDs whose DELE the server accepted; they are
     /// gone only once QUIT succeeds.
     pub async fn run(&mut self, plan: &Plan<'_>) -> Result<Vec<String>, SyncError> {
-        let window = if self.session.can_pipeline() {
+        // See `pipeline`: a window above 1 means the server pipelines.
+        let pipelined = self.pipeline.window() > 1;
+        let window = if pipelined {
             self.opts.pipeline
         } else {
             Window::LOCK_STEP
@@ -209,27 +230,26 @@ impl<'a> Fetcher<'a> {
         loop {
             // A stop request: send no further RETR; what is in flight is
             // read, its batch closed and committed, then the caller QUITs.
-            queue.fill(self.session, self.opts.stop_requested())?;
-            if self.session.can_pipeline()
+            queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
+            if pipelined
                 && queue.has_room()
                 && matches!(queue.in_flight.back(), Some(InFlight::Retr(_)))
             {
                 // The last RETR of the window: a NOOP behind it shows that
                 // the message really ended where its terminator was.
-                self.session.queue(&Command::Noop)?;
-                queue.in_flight.push_back(InFlight::Noop);
+                queue.send_confirmation(&mut self.pipeline)?;
             }
-            self.session.flush().await?;
+            self.pipeline.flush().await?;
             let Some(item) = queue.in_flight.pop_front() else {
                 break;
             };
             match item {
                 InFlight::Noop => {
                     // In step whatever it says; the step was checked.
-                    self.session.read_status().await?;
+                    self.pipeline.next_reply().await?;
                 }
                 InFlight::Dele(msg, uid) => {
-                    let line = self.session.read_status().await?;
+                    let line = self.pipeline.next_reply().await?.line;
                     if line.is_ok() {
                         deleted.push(uid);
                     } else {
@@ -292,7 +312,7 @@ impl<'a> Fetcher<'a> {
         batch: &mut Option<Batch<'a>>,
         queue: &mut Queue<'_>,
     ) -> Result<(), SyncError> {
-        let line = self.session.read_status().await?;
+        let line = self.pipeline.next_reply().await?.line;
         let uid_shown = want.uid.unwrap_or("-");
         if !line.is_ok() {
             self.report.skipped += 1;
@@ -322,7 +342,7 @@ impl<'a> Fetcher<'a> {
         let limit = body_limit(want.size);
         let mut capture = HeaderCapture::default();
         let body = self
-            .session
+            .pipeline
             .read_body(limit, |chunk| {
                 capture.feed(chunk);
                 message.write(chunk)
@@ -376,14 +396,12 @@ impl<'a> Fetcher<'a> {
         queue: &mut Queue<'_>,
     ) -> Result<(), SyncError> {
         if queue.in_flight.is_empty() {
-            queue.fill(self.session, self.opts.stop_requested())?;
+            queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
             if queue.in_flight.is_empty() {
-                self.session.queue(&Command::Noop)?;
-                queue.in_flight.push_back(InFlight::Noop);
+                queue.send_confirmation(&mut self.pipeline)?;
             }
-            self.session.flush().await?;
         }
-        if self.session.next_is_status().await? {
+        if self.pipeline.next_is_status().await? {
             return Ok(());
         }
         let uid = want.uid.unwrap_or("-").to_string();

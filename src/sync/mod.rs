@@ -483,7 +483,7 @@ async fn run(
     };
     let delivery = DeliveryThread::spawn(target)?;
     let mut fetcher = fetch::Fetcher {
-        session: &mut session,
+        pipeline: fetch::pipeline(&mut session, opts.pipeline),
         delivery: &delivery,
         target_id: &target_id,
         store,

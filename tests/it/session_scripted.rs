@@ -308,8 +308,10 @@ async fn lock_step_retrs_do_not_wait_for_delayed_acks() {
     let started = std::time::Instant::now();
     for n in 1..=MESSAGES {
         let cmd = popsync::pop3::Command::Retr(n);
-        s.command(&cmd).await.unwrap();
-        s.read_body(1 << 20, |_| Ok::<(), ()>(())).await.unwrap();
+        let mut p = s.pipeline(1);
+        p.send(&cmd).unwrap();
+        p.expect_ok(&cmd).await.unwrap();
+        p.read_body(1 << 20, |_| Ok::<(), ()>(())).await.unwrap();
     }
     let elapsed = started.elapsed();
     s.quit().await.unwrap();
