@@ -91,7 +91,6 @@ pub async fn survey(
     trace: Option<TraceSink>,
     accept_uid_change: bool,
 ) -> Result<(Session, Survey), Failure> {
-    let fail = |e| session_failure(account, e);
     let (known, skip_reasons) = match Store::open_read_only_in(&config.state_dir)? {
         Some(store) => match store.find_account(&account.name)? {
             Some(id) => (store.known_set(id)?, store.skip_reasons(id)?),
@@ -99,11 +98,7 @@ pub async fn survey(
         },
         None => Default::default(),
     };
-    let mut session = super::server::login(account, trace).await?;
-    let (uidl, list) = session
-        .listings_bounded(account.max_messages)
-        .await
-        .map_err(fail)?;
+    let (session, (_, uidl, list)) = super::server::login_and_list(account, trace).await?;
     let policy = Policy {
         keep: account.keep,
         delete_after_days: account.delete_after_days,

@@ -98,12 +98,7 @@ pub async fn open_listings(
     account: &Account,
     trace: Option<TraceSink>,
 ) -> Result<(Session, UidList, Vec<ListEntry>), Failure> {
-    let fail = |e| session_failure(account, e);
-    let mut session = login(account, trace).await?;
-    let (uidl, list) = session
-        .listings_bounded(account.max_messages)
-        .await
-        .map_err(fail)?;
+    let (session, (_, uidl, list)) = login_and_list(account, trace).await?;
     let Some(uidl) = uidl else {
         let _ = session.quit().await;
         return Err(Failure::new(
@@ -117,9 +112,13 @@ pub async fn open_listings(
     Ok((session, uidl, list))
 }
 
-/// Connects with the account's TLS settings and logs in with its
-/// credentials, under the same rules as sync.
-pub async fn login(account: &Account, trace: Option<TraceSink>) -> Result<Session, Failure> {
+/// Connects with the account's TLS settings, logs in with its credentials
+/// under the same rules as sync, and lists (STAT, UIDL, LIST): all in one
+/// write where the server offers PIPELINING.
+pub async fn login_and_list(
+    account: &Account,
+    trace: Option<TraceSink>,
+) -> Result<(Session, crate::session::MaildropListing), Failure> {
     let fail = |e| session_failure(account, e);
     let creds = crate::sync::credentials(account)
         .await
@@ -127,8 +126,11 @@ pub async fn login(account: &Account, trace: Option<TraceSink>) -> Result<Sessio
     let mut session = Session::connect(&crate::sync::connect_options(account, trace))
         .await
         .map_err(fail)?;
-    session.login(&creds).await.map_err(fail)?;
-    Ok(session)
+    let listing = session
+        .login_and_list(&creds, account.max_messages)
+        .await
+        .map_err(fail)?;
+    Ok((session, listing))
 }
 
 /// Ends a session that changed nothing; its QUIT reply does not matter.

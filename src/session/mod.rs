@@ -38,6 +38,10 @@ pub const MAX_CAPA_LINES: usize = 512;
 /// with the entry count it bounds a listing's bytes.
 const MAX_LISTING_LINE: u64 = 512;
 
+/// STAT (`None` when its line could not be parsed), UIDL (`None` without
+/// UIDL support) and LIST.
+pub type MaildropListing = (Option<Stat>, Option<UidList>, Vec<ListEntry>);
+
 /// How to reach the server.
 #[derive(Clone)]
 pub struct ConnectOptions {
@@ -231,7 +235,7 @@ impl Session {
     pub async fn stat_and_listings(
         &mut self,
         max_messages: u32,
-    ) -> Result<(Option<Stat>, Option<UidList>, Vec<ListEntry>), SessionError> {
+    ) -> Result<MaildropListing, SessionError> {
         let pipelined = self.can_pipeline();
         // STAT and UIDL have gone out together since STAT was added, with
         // or without PIPELINING; LIST joins them only when it is offered.
@@ -267,7 +271,7 @@ async fn read_stat_and_listings(
     p: &mut Pipeline<'_>,
     pipelined: bool,
     max_messages: u32,
-) -> Result<(Option<Stat>, Option<UidList>, Vec<ListEntry>), SessionError> {
+) -> Result<MaildropListing, SessionError> {
     let stat_line = p.expect_ok(&Command::Stat).await?.line;
     // STAT's count only narrows the bound: a claim of 10^9, or a reply
     // that is not "+OK count size", changes nothing.

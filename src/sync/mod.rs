@@ -424,15 +424,15 @@ async fn run(
     if account.utf8 {
         session.enable_utf8().await?;
     }
-    if let Err(e) = session.login(&creds).await {
-        if let Some(settings) = account.oauth2()
-            && e.is_auth()
-        {
-            crate::oauth2::forget_access_token(&account.name, settings, &creds.secret).await;
-        }
-        return Err(e.into());
+    // Pipelined where offered: login and listing cost one round trip.
+    let listed = session.login_and_list(&creds, account.max_messages).await;
+    if let Err(e) = &listed
+        && let Some(settings) = account.oauth2()
+        && e.is_auth()
+    {
+        crate::oauth2::forget_access_token(&account.name, settings, &creds.secret).await;
     }
-    let (uidl, list) = session.listings_bounded(account.max_messages).await?;
+    let (_, uidl, list) = listed?;
     report.on_server = list.len() as u64;
 
     let policy = Policy {

@@ -29,6 +29,7 @@ mod newcomer;
 mod oauth2;
 mod probe;
 mod real_servers;
+mod round_trips;
 mod runaway_helpers;
 mod security;
 mod session_scripted;

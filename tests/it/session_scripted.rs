@@ -324,3 +324,57 @@ async fn lock_step_retrs_do_not_wait_for_delayed_acks() {
         "{MESSAGES} lock-step RETRs took {elapsed:?}: waiting for delayed ACKs?"
     );
 }
+
+/// APOP with PIPELINING: the digest and the listing in one write; a
+/// refused APOP is the auth error, whatever the listing replies say.
+#[tokio::test]
+async fn apop_and_the_listing_are_pipelined_where_offered() {
+    for accepted in [true, false] {
+        let mut steps = script(vec![
+            vec![line(GREETING)],
+            capa(&["UIDL", "PIPELINING"]),
+            vec![
+                expect("APOP mrose c4c9334bac560ecc979e58001b3e22fb"),
+                expect("STAT"),
+                expect("UIDL"),
+                expect("LIST"),
+            ],
+        ]);
+        if accepted {
+            steps.extend([
+                line("+OK maildrop has 1 message"),
+                line("+OK 1 120"),
+                line("+OK"),
+                line("1 abc"),
+                line("."),
+                line("+OK"),
+                line("1 120"),
+                line("."),
+                expect("QUIT"),
+                line("+OK"),
+            ]);
+        } else {
+            steps.extend([line("-ERR [AUTH] permission denied")]);
+            steps.extend([line("-ERR"), line("-ERR"), line("-ERR")]);
+        }
+        let server = ScriptedServer::start(steps);
+        let mut s = Session::connect(&opts(&server, TlsMode::None))
+            .await
+            .unwrap();
+        let listed = s.login_and_list(&creds(AuthMethod::Apop, true), 1000).await;
+        if accepted {
+            let (stat, uidl, list) = listed.unwrap();
+            assert_eq!(stat.unwrap().count, 1);
+            assert_eq!(uidl.unwrap().get(0).uid, Ok("abc"));
+            assert_eq!(list[0].size, 120);
+            assert_eq!(s.auth_used(), Some("APOP"));
+            s.quit().await.unwrap();
+        } else {
+            let err = listed.unwrap_err();
+            assert!(err.is_auth(), "{err}");
+            assert_eq!(s.auth_used(), None);
+            drop(s);
+        }
+        server.finish().await.unwrap();
+    }
+}
