@@ -252,6 +252,12 @@ impl Session {
         self.conn.shutdown().await;
         line
     }
+
+    /// Ends a session whose QUIT already went out through a pipeline and
+    /// was answered there.
+    pub async fn close(mut self) {
+        self.conn.shutdown().await;
+    }
 }
 
 /// The listing's commands: STAT, UIDL, and LIST when `pipelined` (else

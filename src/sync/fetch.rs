@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::config::Account;
 use crate::deliver::thread::{BatchHandle, DeliveryThread, PendingMessage, stopped};
 use crate::deliver::{DeliverError, MessageMeta, StoredMessage};
-use crate::pop3::Command;
+use crate::pop3::{Command, StatusLine};
 use crate::session::{BodyError, Pipeline, Session, SessionError};
 use crate::store::{AccountId, SkipReason, TargetId};
 
@@ -83,6 +83,18 @@ enum InFlight {
     Dele(u32, String),
     /// Confirms that the stream is in step after the last RETR sent.
     Noop,
+    /// Ends the session where nothing is deleted in it; its reply also
+    /// confirms the last RETR, like the NOOP it replaces.
+    Quit,
+}
+
+/// What the fetch loop did to the session.
+pub(super) struct Fetched {
+    /// The UIDs whose DELE the server accepted; gone only once QUIT succeeds.
+    pub deleted: Vec<String>,
+    /// QUIT's reply, when QUIT went out behind the last RETR: the session
+    /// is over and only needs closing.
+    pub quit: Option<StatusLine>,
 }
 
 /// Commands still to send and those sent but not yet answered.
@@ -121,10 +133,21 @@ impl Queue<'_> {
         self.window.admits(self.in_flight.len(), self.retr_bytes)
     }
 
-    /// The command that confirms the last RETR.
-    fn send_confirmation(&mut self, pipeline: &mut Pipeline<'_>) -> Result<(), SessionError> {
-        pipeline.send(&Command::Noop)?;
-        self.in_flight.push_back(InFlight::Noop);
+    /// The command that confirms the last RETR: QUIT where this session
+    /// deletes nothing (`quit_early`) and no RETR is left to send (a round
+    /// trip fewer), else NOOP.
+    fn send_confirmation(
+        &mut self,
+        pipeline: &mut Pipeline<'_>,
+        quit_early: bool,
+    ) -> Result<(), SessionError> {
+        let (cmd, item) = if quit_early && self.next == self.wanted.len() {
+            (Command::Quit, InFlight::Quit)
+        } else {
+            (Command::Noop, InFlight::Noop)
+        };
+        pipeline.send(&cmd)?;
+        self.in_flight.push_back(item);
         Ok(())
     }
 }
@@ -195,9 +218,8 @@ fn thousands(n: u64) -> String {
 
 impl<'a> Fetcher<'a> {
     /// Fetches `plan.fetch`, deletes `plan.delete` and (by policy) what it
-    /// fetched. Returns the UIDs whose DELE the server accepted; they are
-    /// gone only once QUIT succeeds.
-    pub async fn run(&mut self, plan: &Plan<'_>) -> Result<Vec<String>, SyncError> {
+    /// fetched; see [`Fetched`].
+    pub async fn run(&mut self, plan: &Plan<'_>) -> Result<Fetched, SyncError> {
         // See `pipeline`: a window above 1 means the server pipelines.
         let pipelined = self.pipeline.window() > 1;
         let window = if pipelined {
@@ -205,6 +227,8 @@ impl<'a> Fetcher<'a> {
         } else {
             Window::LOCK_STEP
         };
+        // No DELE in this session: QUIT may go out behind the last RETR.
+        let quit_early = plan.delete.is_empty() && !self.delete_after_commit;
         let wanted = &plan.fetch;
         let progress = self.progress_bar(wanted);
         if !plan.delete.is_empty() {
@@ -225,6 +249,7 @@ impl<'a> Fetcher<'a> {
             in_flight: VecDeque::new(),
         };
         let mut deleted = Vec::new();
+        let mut quit = None;
         let mut batch: Option<Batch<'a>> = None;
 
         loop {
@@ -235,9 +260,9 @@ impl<'a> Fetcher<'a> {
                 && queue.has_room()
                 && matches!(queue.in_flight.back(), Some(InFlight::Retr(_)))
             {
-                // The last RETR of the window: a NOOP behind it shows that
-                // the message really ended where its terminator was.
-                queue.send_confirmation(&mut self.pipeline)?;
+                // The last RETR of the window: a NOOP (or QUIT) behind it
+                // shows that the message really ended at its terminator.
+                queue.send_confirmation(&mut self.pipeline, quit_early)?;
             }
             self.pipeline.flush().await?;
             let Some(item) = queue.in_flight.pop_front() else {
@@ -248,6 +273,7 @@ impl<'a> Fetcher<'a> {
                     // In step whatever it says; the step was checked.
                     self.pipeline.next_reply().await?;
                 }
+                InFlight::Quit => quit = Some(self.pipeline.next_reply().await?.line),
                 InFlight::Dele(msg, uid) => {
                     let line = self.pipeline.next_reply().await?.line;
                     if line.is_ok() {
@@ -262,7 +288,9 @@ impl<'a> Fetcher<'a> {
                 InFlight::Retr(index) => {
                     let want = &wanted[index];
                     queue.retr_bytes = queue.retr_bytes.saturating_sub(want.size);
-                    let result = self.retrieve(want, &mut batch, &mut queue).await;
+                    let result = self
+                        .retrieve(want, &mut batch, &mut queue, quit_early)
+                        .await;
                     if let Err(e) = result {
                         self.end_batch_after(&e, batch.take()).await;
                         return Err(e);
@@ -300,7 +328,7 @@ impl<'a> Fetcher<'a> {
                 "stopping as asked; the rest is fetched on the next run"
             );
         }
-        Ok(deleted)
+        Ok(Fetched { deleted, quit })
     }
 
     /// RETR one message into the target; a server-side refusal is skipped
@@ -311,6 +339,7 @@ impl<'a> Fetcher<'a> {
         want: &Wanted<'_>,
         batch: &mut Option<Batch<'a>>,
         queue: &mut Queue<'_>,
+        quit_early: bool,
     ) -> Result<(), SyncError> {
         let line = self.pipeline.next_reply().await?.line;
         let uid_shown = want.uid.unwrap_or("-");
@@ -369,7 +398,7 @@ impl<'a> Fetcher<'a> {
                 return Err(e.into());
             }
         };
-        self.confirm_in_step(want, queue).await?;
+        self.confirm_in_step(want, queue, quit_early).await?;
         self.list_sizes.fetched += 1;
         if stats.crlf_size() != want.size {
             self.list_sizes.differ += 1;
@@ -394,11 +423,12 @@ impl<'a> Fetcher<'a> {
         &mut self,
         want: &Wanted<'_>,
         queue: &mut Queue<'_>,
+        quit_early: bool,
     ) -> Result<(), SyncError> {
         if queue.in_flight.is_empty() {
             queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
             if queue.in_flight.is_empty() {
-                queue.send_confirmation(&mut self.pipeline)?;
+                queue.send_confirmation(&mut self.pipeline, quit_early)?;
             }
         }
         if self.pipeline.next_is_status().await? {

@@ -495,11 +495,17 @@ async fn run(
         delete_after_commit: plan::delete_after_commit(policy),
         list_sizes: fetch::ListSizes::default(),
     };
-    let deleted = fetcher.run(&plan).await;
+    let fetched = fetcher.run(&plan).await;
     cancelled.disarm();
-    let deleted = deleted?;
-
-    let quit = session.quit().await?;
+    let fetched = fetched?;
+    let deleted = fetched.deleted;
+    let quit = match fetched.quit {
+        Some(line) => {
+            session.close().await;
+            line
+        }
+        None => session.quit().await?,
+    };
     if quit.is_ok() {
         let uids: Vec<&str> = deleted.iter().map(String::as_str).collect();
         with_store(store, |s| s.mark_deleted(acct, &uids, opts.now))?;

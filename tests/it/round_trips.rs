@@ -34,8 +34,50 @@ fn greeting_and_capa(pipelining: bool) -> Vec<Step> {
     steps
 }
 
+/// The login and listing of a mailbox of `n` messages uid-1.., in
+/// lock-step order (a pipelining client's lines are read from the buffer).
+fn login_and_listing(n: u32) -> Vec<Step> {
+    let mut steps = vec![
+        expect("USER u"),
+        line("+OK"),
+        expect("PASS *"),
+        line("+OK logged in"),
+        expect("STAT"),
+        expect("UIDL"),
+        expect("LIST"),
+        line(&format!("+OK {n} {}", n * 30)),
+        line("+OK"),
+    ];
+    steps.extend((1..=n).map(|i| line(&format!("{i} uid-{i}"))));
+    steps.extend([line("."), line("+OK")]);
+    steps.extend((1..=n).map(|i| line(&format!("{i} 30"))));
+    steps.push(line("."));
+    steps
+}
+
+fn message(i: u32) -> Vec<Step> {
+    vec![
+        line("+OK message follows"),
+        line(&format!("Subject: m{i}")),
+        line(""),
+        line("body"),
+        line("."),
+    ]
+}
+
 fn stored(p: &Popsync) -> usize {
     support::popsync::maildir_messages(&p.path("Mail")).len()
+}
+
+/// `popsync sync` against `steps` (account settings `extra`): it must
+/// follow the script to its end and store both messages.
+fn syncs_two_messages(steps: Vec<Step>, extra: &str) {
+    let server = ScriptedServer::start(steps);
+    let p = Popsync::new("");
+    p.write_config(&account(&server, &p, extra));
+    p.run(&["sync"]).expect_code(0);
+    assert_eq!(stored(&p), 2);
+    server.finish_blocking().unwrap();
 }
 
 #[test]
@@ -85,4 +127,65 @@ fn a_refused_pipelined_login_is_an_auth_failure_and_the_listing_replies_are_igno
     assert!(!all.contains(PASSWORD), "the password leaked: {all}");
     assert_eq!(stored(&p), 0);
     let _ = server.finish_blocking();
+}
+
+/// Where the session deletes nothing, QUIT goes out behind the last RETR
+/// (its reply confirms the message ended there, as the NOOP did): the
+/// round trip of a separate QUIT is gone.
+#[test]
+fn quit_follows_the_last_retr_when_nothing_is_deleted() {
+    let mut steps = greeting_and_capa(true);
+    steps.extend(login_and_listing(2));
+    steps.extend(["RETR 1", "RETR 2", "QUIT"].map(expect));
+    steps.extend(message(1));
+    steps.extend(message(2));
+    steps.push(line("+OK bye"));
+    syncs_two_messages(steps, "");
+}
+
+/// Lock-step (no PIPELINING): QUIT, sent once the last message was read,
+/// is the command whose reply shows that message ended at its terminator.
+#[test]
+fn lock_step_quit_confirms_the_last_message() {
+    let mut steps = greeting_and_capa(false);
+    steps.extend([
+        expect("USER u"),
+        line("+OK"),
+        expect("PASS *"),
+        line("+OK logged in"),
+        expect("STAT"),
+        expect("UIDL"),
+        line("+OK 2 60"),
+        line("+OK"),
+        line("1 uid-1"),
+        line("2 uid-2"),
+        line("."),
+        expect("LIST"),
+        line("+OK"),
+        line("1 30"),
+        line("2 30"),
+        line("."),
+    ]);
+    steps.push(expect("RETR 1"));
+    steps.extend(message(1));
+    steps.push(expect("RETR 2"));
+    steps.extend(message(2));
+    steps.extend([expect("QUIT"), line("+OK bye")]);
+    syncs_two_messages(steps, "");
+}
+
+/// With `keep = false` the DELEs come after the commit, so QUIT must not
+/// be sent early: a NOOP confirms the last RETR, then the DELEs, then QUIT.
+#[test]
+fn quit_waits_for_the_deletes_of_a_keep_false_run() {
+    let mut steps = greeting_and_capa(true);
+    steps.extend(login_and_listing(2));
+    steps.extend(["RETR 1", "RETR 2", "NOOP"].map(expect));
+    steps.extend(message(1));
+    steps.extend(message(2));
+    steps.push(line("+OK"));
+    steps.extend(["DELE 1", "DELE 2"].map(expect));
+    steps.extend([line("+OK"), line("+OK")]);
+    steps.extend([expect("QUIT"), line("+OK bye")]);
+    syncs_two_messages(steps, "keep = false");
 }
