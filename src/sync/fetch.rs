@@ -66,12 +66,12 @@ impl Window {
     }
 }
 
-/// The fetch loop's pipeline: `window.commands` deep, plus one for the
-/// NOOP or QUIT behind the last RETR, where the server offers PIPELINING;
-/// lock-step (a window of 1) otherwise.
+/// The fetch loop's pipeline: `window.commands` deep where the server
+/// offers PIPELINING (the byte bound is the queue's), lock-step (a window
+/// of 1) otherwise.
 pub(super) fn pipeline(session: &mut Session, window: Window) -> Pipeline<'_> {
     if session.can_pipeline() {
-        session.pipeline(window.commands.saturating_add(1))
+        session.pipeline(window.commands)
     } else {
         session.pipeline(1)
     }
@@ -220,7 +220,7 @@ impl<'a> Fetcher<'a> {
     /// Fetches `plan.fetch`, deletes `plan.delete` and (by policy) what it
     /// fetched; see [`Fetched`].
     pub async fn run(&mut self, plan: &Plan<'_>) -> Result<Fetched, SyncError> {
-        // See `pipeline`: a window above 1 means the server pipelines.
+        // See `pipeline`: a window of 1 is lock-step, whatever the server offers.
         let pipelined = self.pipeline.window() > 1;
         let window = if pipelined {
             self.opts.pipeline
