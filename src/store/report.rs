@@ -7,6 +7,12 @@ use rusqlite::{OptionalExtension, params};
 use super::{AccountId, SkipKind, Store, StoreError, TargetId, decode_location, err_at};
 use crate::deliver::StoredMessage;
 
+/// The latest delivery's target: through the partial index
+/// `message_delivered` (schema 7), read backwards, not a table scan.
+pub(crate) const LAST_TARGET_SQL: &str = "SELECT target FROM message
+     WHERE account_id = ?1 AND state = 'delivered'
+     ORDER BY delivered_at DESC, id DESC LIMIT 1";
+
 /// What [`Store::mark_seen`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MarkCounts {
@@ -171,12 +177,7 @@ impl Store {
     pub fn last_target(&self, account: AccountId) -> Result<Option<TargetId>, StoreError> {
         let text: Option<String> = self
             .conn
-            .query_row(
-                "SELECT target FROM message WHERE account_id = ?1 AND state = 'delivered'
-                 ORDER BY delivered_at DESC, id DESC LIMIT 1",
-                [account],
-                |r| r.get(0),
-            )
+            .query_row(LAST_TARGET_SQL, [account], |r| r.get(0))
             .optional()
             .map_err(|e| self.err(e))?;
         text.map(|t| {

@@ -458,3 +458,31 @@ fn schema_5_turns_skip_texts_into_reasons() {
         ]
     );
 }
+
+/// The lookups every run makes for its account go through an index: a
+/// table scan made each of 1,000 accounts pay for all the others' rows.
+#[test]
+fn per_run_lookups_do_not_scan_every_account() {
+    let (_dir, store) = open();
+    for (name, sql, args) in [
+        ("last_target", super::report::LAST_TARGET_SQL, 1),
+        ("prune_retired", PRUNE_RETIRED_SQL, 2),
+    ] {
+        let mut stmt = store
+            .connection()
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(vec![1; args]), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter().all(|step| !step.starts_with("SCAN message"))
+                && plan.iter().any(|step| step.contains("INDEX")),
+            "{name}: {plan:?}"
+        );
+    }
+}
