@@ -70,11 +70,27 @@ struct QueueState {
     closed: bool,
     /// The thread is gone: nothing sent will ever run.
     stopped: bool,
+    /// Threads blocked in [`Queue::wait`]: only then does a push or pop
+    /// signal (a futex wake per op, measured at ~12 per message, otherwise).
+    waiters: usize,
 }
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, mut state: MutexGuard<'a, QueueState>) -> MutexGuard<'a, QueueState> {
+        state.waiters += 1;
+        let mut state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        state.waiters -= 1;
+        state
+    }
+
+    fn wake(&self, state: &QueueState) {
+        if state.waiters > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Ops without bytes always fit: a handle's Drop never waits.
@@ -93,7 +109,7 @@ impl Queue {
         }
         state.bytes += op.bytes();
         state.ops.push_back(op);
-        self.changed.notify_all();
+        self.wake(&state);
         Ok(())
     }
 
@@ -101,14 +117,14 @@ impl Queue {
     fn push_wait(&self, op: Op) -> Result<(), PushError> {
         let mut state = self.lock();
         while !state.stopped && !Self::has_room(&state, op.bytes()) {
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.wait(state);
         }
         if state.stopped {
             return Err(PushError::Stopped);
         }
         state.bytes += op.bytes();
         state.ops.push_back(op);
-        self.changed.notify_all();
+        self.wake(&state);
         Ok(())
     }
 
@@ -118,13 +134,13 @@ impl Queue {
         loop {
             if let Some(op) = state.ops.pop_front() {
                 state.bytes -= op.bytes();
-                self.changed.notify_all();
+                self.wake(&state);
                 return Some(op);
             }
             if state.closed {
                 return None;
             }
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.wait(state);
         }
     }
 
