@@ -350,7 +350,7 @@ fn recovery_files(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Turns a state.db back into what the previous version (schema 5) kept,
+/// Turns a state.db back into what schema 5 kept (no schema-7 indexes),
 /// with the batch mark it wrote for an interrupted batch: a column per
 /// target kind, no token.
 fn downgrade_to_schema_5_with_mark(
@@ -360,8 +360,11 @@ fn downgrade_to_schema_5_with_mark(
     value: rusqlite::types::Value,
 ) {
     let db = rusqlite::Connection::open(state_dir.join("state.db")).unwrap();
-    db.execute_batch("ALTER TABLE batch_mark DROP COLUMN token; PRAGMA user_version = 5;")
-        .unwrap();
+    db.execute_batch(
+        "DROP INDEX message_delivered; DROP INDEX message_gone;
+         ALTER TABLE batch_mark DROP COLUMN token; PRAGMA user_version = 5;",
+    )
+    .unwrap();
     db.execute(
         &format!(
             "INSERT INTO batch_mark (account_id, target, created_at, {column})
