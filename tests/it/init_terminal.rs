@@ -163,16 +163,6 @@ fn ctrl_c_at_the_password_prompt_leaves_the_terminal_as_it_was() {
     tmux.wait_for(PASSWORD_PROMPT);
     tmux.wait_for_echo_off();
     tmux.key("C-c");
-    let status = tmux.exit_status();
-    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
-    assert_eq!(
-        read(&after),
-        read(&before),
-        "the terminal's settings changed:\n{}",
-        tmux.screen()
-    );
-    assert_eq!(status, 0, "the last stty ran");
-    // Killed by SIGINT, as a shell expects of Ctrl-C (128 + 2).
-    assert!(tmux.screen().contains("init: 130"), "{}", tmux.screen());
+    tmux.assert_interrupted_with_terminal_restored("init", &before, &after);
     assert!(!p.config.exists());
 }

@@ -138,6 +138,29 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Asserts that `program`, run by the pane's shell between two
+    /// `stty -g` into `before` and `after` and then `echo "PROGRAM: $?"`,
+    /// died of the Ctrl-C it was sent (128 + SIGINT) with the terminal's
+    /// settings as they were.
+    pub fn assert_interrupted_with_terminal_restored(
+        &self,
+        program: &str,
+        before: &Path,
+        after: &Path,
+    ) {
+        let status = self.exit_status();
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            read(after),
+            read(before),
+            "the terminal's settings changed:\n{}",
+            self.screen()
+        );
+        assert_eq!(status, 0, "the last stty ran");
+        let screen = self.screen();
+        assert!(screen.contains(&format!("{program}: 130")), "{screen}");
+    }
+
     /// Waits until the pane's terminal no longer echoes what is typed (the
     /// program turned echo off, as it must before reading a password).
     pub fn wait_for_echo_off(&self) {
