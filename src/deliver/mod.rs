@@ -105,6 +105,10 @@ pub enum DeliverError {
     /// a real directory or file must be.
     #[error("{0}")]
     Unsafe(#[from] crate::ownership::UnsafePath),
+    /// The state rows the delivery thread writes between a batch's steps
+    /// (see [`thread::Ledger`]).
+    #[error(transparent)]
+    State(#[from] crate::store::StoreError),
     #[error("{0}")]
     Other(String),
 }

@@ -1,21 +1,32 @@
 //! The delivery thread: one OS thread owns the [`Target`] and does all of
-//! its file and process work, fed by a queue bounded in bytes. The fetch
-//! loop keeps reading the socket while the previous messages are written,
-//! and no tokio worker ever waits on a disk or an MDA (except for back
-//! pressure, when the queue is full: then off the reactor).
+//! its file and process work, and the [`Ledger`] work (the state rows)
+//! between a batch's steps, fed by a queue bounded in bytes. The fetch loop
+//! only streams: it keeps reading the socket while earlier messages are
+//! written and earlier batches closed, and no tokio worker ever waits on a
+//! disk, the state or an MDA (except for back pressure, when the queue is
+//! full: then off the reactor).
 //!
-//! Both sides hold RAII handles. The engine gets a [`BatchHandle`] (then a
-//! [`DurableHandle`]) and [`MessageHandle`]s; dropping one unfinished sends
-//! the op that undoes it, without waiting. The thread holds the target's
-//! [`Batch`] and [`Message`](super::Message) in the frames of `serve_batch` and
-//! `serve_message`, so their lifetimes are the ones the engine's handles
-//! describe. Ops run in the order they are sent. Message writes are not
-//! answered one by one: [`MessageHandle::finish`] hands back a
-//! [`PendingMessage`] that resolves once the thread has stored it. After
-//! the first failure in a batch the thread drops (undoes) the batch and
-//! touches nothing more of it (an MDA must not be handed further messages
-//! of a batch that will be fetched again): the rest of its ops are answered
-//! with the failure until the engine ends it.
+//! A batch's steps and its rows interleave in the one order recovery relies
+//! on, because one thread does both in the order the ops came:
+//! begin -> mark journaled -> messages written -> durable -> journaled ->
+//! published -> committed. A batch begun behind a closing one waits for
+//! that close on the thread, not in the fetch loop.
+//!
+//! Both sides hold RAII handles. The engine gets a [`BatchHandle`] and
+//! [`MessageHandle`]s; dropping one unfinished sends the op that undoes it,
+//! without waiting, and [`BatchHandle::close`] turns the batch into a
+//! [`ClosingBatch`] the thread finishes whatever becomes of the engine. The
+//! thread holds the target's [`Batch`] and [`Message`](super::Message) in
+//! the frames of `serve_batch` and `serve_message`, so their lifetimes are
+//! the ones the engine's handles describe. Message writes are not answered
+//! one by one: [`MessageHandle::finish`] hands back a [`PendingMessage`]
+//! that resolves once the thread has stored it. After the first failure in
+//! a batch the thread drops (undoes) the batch and touches nothing more of
+//! it (an MDA must not be handed further messages of a batch that will be
+//! fetched again): the rest of its ops are answered with the failure until
+//! the engine ends it. A batch that fails to close ends the thread's
+//! batches: later ones are refused, so no second batch's mark can take the
+//! place of one recovery still needs.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,7 +34,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use super::{Batch, BatchToken, DeliverError, DurableBatch, MessageMeta, StoredMessage, Target};
+use super::{Batch, BatchToken, DeliverError, MessageMeta, StoredMessage, Target};
+use crate::store::StoreError;
 
 /// Message bytes queued for the thread at most; memory stays bounded
 /// whatever the size of a message or the speed of the disk.
@@ -31,14 +43,39 @@ pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
 type Reply<T> = oneshot::Sender<Result<T, DeliverError>>;
 
+/// A finished message of a batch: the engine's key for it (its UID) and
+/// where the target stored it.
+pub type Finished = (String, StoredMessage);
+
+/// The engine's records of a batch, written by the delivery thread between
+/// the target's steps (see the module docs for the order).
+pub trait Ledger: Send {
+    /// A batch with a token began: journal the token before any byte of it
+    /// is written.
+    fn begin(&mut self, token: &BatchToken) -> Result<(), StoreError>;
+    /// The batch is durable, not yet visible: journal its messages.
+    fn journal(&mut self, batch: &[Finished]) -> Result<(), StoreError>;
+    /// The messages are in place (published, or delivered by an MDA):
+    /// commit them. This also drops the batch's journal. Not `journaled`
+    /// (an MDA's batch that failed part-way), no journal could redo the
+    /// commit after a crash.
+    fn commit(&mut self, batch: &[Finished], journaled: bool) -> Result<(), StoreError>;
+    /// The batch was undone before it was journaled: drop its mark, which
+    /// would otherwise make the next recovery take another program's later
+    /// writes for this batch's.
+    fn forget(&mut self) -> Result<(), StoreError>;
+}
+
 enum Op {
-    BeginBatch(Reply<Option<BatchToken>>),
-    BeginMessage(MessageMeta),
+    /// Answered with the batch's token once the ledger journaled it.
+    BeginBatch(oneshot::Sender<Option<BatchToken>>),
+    /// A message and the engine's key for it.
+    BeginMessage(MessageMeta, String),
     Write(Vec<u8>),
     EndMessage(Reply<StoredMessage>),
     AbortMessage,
-    SyncBatch(Reply<()>),
-    PublishBatch(Reply<()>),
+    /// Durable, journaled, published, committed; answered when done.
+    CloseBatch(Reply<()>),
     /// Undoes the batch; answers (if asked) once it is undone.
     AbortBatch(Option<oneshot::Sender<()>>),
 }
@@ -48,7 +85,9 @@ impl Op {
     fn bytes(&self) -> usize {
         match self {
             Op::Write(chunk) => chunk.len(),
-            Op::BeginMessage(meta) => meta.received_header.as_ref().map_or(0, Vec::len),
+            Op::BeginMessage(meta, key) => {
+                meta.received_header.as_ref().map_or(0, Vec::len) + key.len()
+            }
             _ => 0,
         }
     }
@@ -170,8 +209,9 @@ pub fn stopped() -> DeliverError {
 }
 
 /// The engine's handle on the delivery thread. Dropping it lets the thread
-/// finish what was sent, drop the target (releasing its locks) and end; the
-/// drop waits for that, so the target is gone when the handle is.
+/// finish what was sent (a closing batch is closed, an open one undone),
+/// drop the target (releasing its locks) and end; the drop waits for that,
+/// so the target is gone when the handle is.
 pub struct DeliveryThread {
     queue: Arc<Queue>,
     thread: Option<JoinHandle<()>>,
@@ -218,8 +258,11 @@ impl PendingMessage {
 }
 
 impl DeliveryThread {
-    /// Moves `target` onto a new thread.
-    pub fn spawn(mut target: Box<dyn Target>) -> Result<DeliveryThread, DeliverError> {
+    /// Moves `target` and `ledger` onto a new thread.
+    pub fn spawn(
+        mut target: Box<dyn Target>,
+        mut ledger: Box<dyn Ledger>,
+    ) -> Result<DeliveryThread, DeliverError> {
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState::default()),
             changed: Condvar::new(),
@@ -236,7 +279,7 @@ impl DeliveryThread {
                     }
                 }
                 let _stop = StopOnExit(Arc::clone(&worker));
-                serve(target.as_mut(), &worker);
+                serve(target.as_mut(), ledger.as_mut(), &worker);
             })
             .map_err(|e| DeliverError::Other(format!("cannot start the delivery thread: {e}")))?;
         Ok(DeliveryThread {
@@ -256,17 +299,14 @@ impl DeliveryThread {
         }
     }
 
-    async fn ask<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, DeliverError> {
+    /// Starts a batch, without waiting: the thread journals its token
+    /// (through the ledger) before it writes anything of the batch, and a
+    /// failure to begin comes back from the batch's first answer.
+    pub fn batch(&self) -> Result<BatchHandle<'_>, DeliverError> {
         let (tx, rx) = oneshot::channel();
-        self.send(op(tx))?;
-        rx.await.unwrap_or_else(|_| Err(stopped()))
-    }
-
-    /// Starts a batch; its token is to be journaled before any message.
-    pub async fn batch(&self) -> Result<BatchHandle<'_>, DeliverError> {
-        let token = self.ask(Op::BeginBatch).await?;
+        self.send(Op::BeginBatch(tx))?;
         Ok(BatchHandle {
-            token,
+            begun: Begun::Waiting(rx),
             undo: Undo {
                 thread: self,
                 op: || Op::AbortBatch(None),
@@ -309,17 +349,39 @@ impl Drop for Undo<'_> {
     }
 }
 
+/// Whether a batch has a token, once the thread began it.
+enum Begun {
+    Waiting(oneshot::Receiver<Option<BatchToken>>),
+    /// `None`: it never began (its failure is in its other answers).
+    Known(Option<bool>),
+}
+
+impl Begun {
+    /// Whether the batch's writes can be undone (it has a token); false
+    /// where each message was delivered when it finished (an MDA).
+    async fn undoable(&mut self) -> Option<bool> {
+        if let Begun::Waiting(rx) = self {
+            *self = Begun::Known(rx.await.ok().map(|token| token.is_some()));
+        }
+        match self {
+            Begun::Known(known) => *known,
+            Begun::Waiting(_) => unreachable!("resolved just above"),
+        }
+    }
+}
+
 /// The engine's side of a batch taking messages. Dropped, the batch is
 /// undone (without waiting; [`BatchHandle::abort`] waits).
 pub struct BatchHandle<'t> {
-    token: Option<BatchToken>,
+    begun: Begun,
     undo: Undo<'t>,
 }
 
-/// The engine's side of a durable batch, to be journaled then published.
-/// Dropped unpublished, the batch is undone.
-pub struct DurableHandle<'t> {
-    undo: Undo<'t>,
+/// A batch the thread is closing: made durable, journaled, published and
+/// committed there, in that order, whether or not anyone waits for it.
+pub struct ClosingBatch {
+    begun: Begun,
+    reply: oneshot::Receiver<Result<(), DeliverError>>,
 }
 
 /// The engine's side of a message being written. Dropped unfinished, the
@@ -329,16 +391,16 @@ pub struct MessageHandle<'b> {
     undo: Undo<'b>,
 }
 
-impl<'t> BatchHandle<'t> {
-    /// What to journal before the first message (`None`: nothing).
-    pub fn token(&self) -> Option<&BatchToken> {
-        self.token.as_ref()
-    }
-
-    /// Starts a message. Borrowing the batch, one is open at a time.
-    pub fn message(&mut self, meta: MessageMeta) -> Result<MessageHandle<'_>, DeliverError> {
+impl BatchHandle<'_> {
+    /// Starts the message the engine knows as `key` (its UID). Borrowing
+    /// the batch, one is open at a time.
+    pub fn message(
+        &mut self,
+        meta: MessageMeta,
+        key: String,
+    ) -> Result<MessageHandle<'_>, DeliverError> {
         let thread = self.undo.thread;
-        thread.send(Op::BeginMessage(meta))?;
+        thread.send(Op::BeginMessage(meta, key))?;
         Ok(MessageHandle {
             undo: Undo {
                 thread,
@@ -347,38 +409,51 @@ impl<'t> BatchHandle<'t> {
         })
     }
 
-    /// Waits until every message of the batch is stored and durable.
-    pub async fn sync(self) -> Result<DurableHandle<'t>, DeliverError> {
-        let thread = self.undo.thread;
-        // On an error `self` is dropped: the batch is undone.
-        thread.ask(Op::SyncBatch).await?;
-        Ok(DurableHandle { undo: self.undo })
+    /// Whether the batch's writes can be undone; false for an MDA, which
+    /// delivered each message when it finished. Waits until the batch
+    /// began (`None`: it never did).
+    pub async fn undoable(&mut self) -> Option<bool> {
+        self.begun.undoable().await
     }
 
-    /// Undoes the batch and waits until it is undone.
-    pub async fn abort(self) {
-        abort(self.undo).await;
-    }
-}
-
-impl DurableHandle<'_> {
-    /// Makes the batch's messages visible; the batch ends either way.
-    pub async fn publish(self) -> Result<(), DeliverError> {
+    /// Hands the batch to the thread to close, without waiting.
+    pub fn close(self) -> Result<ClosingBatch, DeliverError> {
         let (tx, rx) = oneshot::channel();
-        self.undo.send_instead(Op::PublishBatch(tx))?;
-        rx.await.unwrap_or_else(|_| Err(stopped()))
+        self.undo.send_instead(Op::CloseBatch(tx))?;
+        Ok(ClosingBatch {
+            begun: self.begun,
+            reply: rx,
+        })
     }
 
     /// Undoes the batch and waits until it is undone.
     pub async fn abort(self) {
-        abort(self.undo).await;
+        let (tx, rx) = oneshot::channel();
+        if self.undo.send_instead(Op::AbortBatch(Some(tx))).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
-async fn abort(undo: Undo<'_>) {
-    let (tx, rx) = oneshot::channel();
-    if undo.send_instead(Op::AbortBatch(Some(tx))).is_ok() {
-        let _ = rx.await;
+impl ClosingBatch {
+    /// The close's outcome if the thread already answered (without
+    /// waiting); `Some` once.
+    pub fn try_closed(&mut self) -> Option<Result<(), DeliverError>> {
+        match self.reply.try_recv() {
+            Ok(answer) => Some(answer),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(stopped())),
+        }
+    }
+
+    /// Waits for the close's outcome.
+    pub async fn closed(&mut self) -> Result<(), DeliverError> {
+        (&mut self.reply).await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// See [`BatchHandle::undoable`].
+    pub async fn undoable(&mut self) -> Option<bool> {
+        self.begun.undoable().await
     }
 }
 
@@ -401,22 +476,51 @@ impl MessageHandle<'_> {
 }
 
 /// The thread's loop: ops outside a batch, then each batch in its frame.
-fn serve(target: &mut dyn Target, queue: &Queue) {
+fn serve(target: &mut dyn Target, ledger: &mut dyn Ledger, queue: &Queue) {
+    // Set once a batch failed to close: no later batch may begin.
+    let mut closing_failed = false;
     while let Some(op) = queue.pop() {
         match op {
-            Op::BeginBatch(reply) => {
+            Op::BeginBatch(begun) => {
+                if closing_failed {
+                    let refusal = "not delivered: an earlier batch of this run failed to close";
+                    drain(queue, Failed(Some(DeliverError::Other(refusal.into()))));
+                    continue;
+                }
                 let batch = match target.batch() {
                     Ok(batch) => batch,
                     Err(e) => {
-                        let _ = reply.send(Err(e));
+                        drain(queue, Failed(Some(e)));
                         continue;
                     }
                 };
-                if reply.send(Ok(batch.token())).is_err() {
-                    continue; // nobody holds a handle: the batch is undone
+                let token = batch.token();
+                if let Some(token) = &token
+                    && let Err(e) = ledger.begin(token)
+                {
+                    drop(batch); // nothing written: nothing to undo
+                    drain(queue, Failed(Some(e.into())));
+                    continue;
                 }
-                if let Err(failed) = serve_batch(batch, queue) {
-                    drain(queue, failed);
+                let undoable = token.is_some();
+                let _ = begun.send(token);
+                let mut finished = Vec::new();
+                match serve_batch(batch, ledger, queue, &mut finished) {
+                    Ok(Ended::Closed(Ok(()))) | Ok(Ended::Aborted) => {}
+                    Ok(Ended::Closed(Err(()))) => closing_failed = true,
+                    Err(failed) => {
+                        // The batch is undone (dropped). An MDA delivered
+                        // each message when it finished: those are kept,
+                        // not handed to it again on every retry.
+                        if !undoable && !finished.is_empty() {
+                            if let Err(e) = ledger.commit(&finished, false) {
+                                tracing::warn!("could not record the messages delivered: {e}");
+                            }
+                        } else {
+                            forget(ledger);
+                        }
+                        drain(queue, failed);
+                    }
                 }
             }
             other => refuse(other, misuse("no batch is open")),
@@ -428,31 +532,41 @@ fn serve(target: &mut dyn Target, queue: &Queue) {
 /// (it came from an op nobody waits on).
 struct Failed(Option<DeliverError>);
 
-/// Serves a batch until the engine publishes or aborts it; on a failure
-/// returns, which drops (undoes) the batch.
-fn serve_batch(mut batch: Box<dyn Batch<'_> + '_>, queue: &Queue) -> Result<(), Failed> {
+/// How a batch ended without a failure of its own ops.
+enum Ended {
+    /// Its close was answered (`Err`: the close failed).
+    Closed(Result<(), ()>),
+    Aborted,
+}
+
+/// Serves a batch until the engine closes or aborts it, collecting its
+/// finished messages; on a failure returns, which drops (undoes) the batch.
+fn serve_batch(
+    mut batch: Box<dyn Batch<'_> + '_>,
+    ledger: &mut dyn Ledger,
+    queue: &Queue,
+    finished: &mut Vec<Finished>,
+) -> Result<Ended, Failed> {
     while let Some(op) = queue.pop() {
         match op {
-            Op::BeginMessage(meta) => serve_message(batch.as_mut(), &meta, queue)?,
-            Op::SyncBatch(reply) => {
-                return match batch.sync() {
-                    Ok(durable) => {
-                        let _ = reply.send(Ok(()));
-                        serve_durable(durable, queue);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        Err(Failed(None))
-                    }
-                };
+            Op::BeginMessage(meta, key) => {
+                if let Some(stored) = serve_message(batch.as_mut(), &meta, queue)? {
+                    finished.push((key, stored));
+                }
+            }
+            Op::CloseBatch(reply) => {
+                let closed = close(batch, ledger, finished);
+                let ended = Ended::Closed(closed.as_ref().map(|_| ()).map_err(|_| ()));
+                let _ = reply.send(closed);
+                return Ok(ended);
             }
             Op::AbortBatch(done) => {
                 drop(batch);
+                forget(ledger);
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
-                return Ok(());
+                return Ok(Ended::Aborted);
             }
             other => {
                 refuse(other, misuse("out of order in a batch"));
@@ -460,15 +574,44 @@ fn serve_batch(mut batch: Box<dyn Batch<'_> + '_>, queue: &Queue) -> Result<(), 
             }
         }
     }
+    // The engine is gone without a word: dropping the batch undoes it.
+    drop(batch);
+    forget(ledger);
+    Ok(Ended::Aborted)
+}
+
+/// Durable -> journaled -> published -> committed. Until it is journaled
+/// a failure undoes the batch; after, what is not in place stays for the
+/// next run's recovery.
+fn close(
+    batch: Box<dyn Batch<'_> + '_>,
+    ledger: &mut dyn Ledger,
+    finished: &[Finished],
+) -> Result<(), DeliverError> {
+    // On an error the target dropped (undid) the batch.
+    let durable = batch.sync().inspect_err(|_| forget(ledger))?;
+    if let Err(e) = ledger.journal(finished) {
+        drop(durable);
+        forget(ledger);
+        return Err(e.into());
+    }
+    durable.publish()?;
+    ledger.commit(finished, true)?;
     Ok(())
 }
 
-/// Serves one message until it is finished or aborted.
+fn forget(ledger: &mut dyn Ledger) {
+    if let Err(e) = ledger.forget() {
+        tracing::warn!("could not clear the mark of an undone batch: {e}");
+    }
+}
+
+/// Serves one message until it is finished (its stored form) or aborted.
 fn serve_message(
     batch: &mut dyn Batch<'_>,
     meta: &MessageMeta,
     queue: &Queue,
-) -> Result<(), Failed> {
+) -> Result<Option<StoredMessage>, Failed> {
     let mut message = batch.message(meta).map_err(|e| Failed(Some(e)))?;
     while let Some(op) = queue.pop() {
         match op {
@@ -480,8 +623,8 @@ fn serve_message(
             Op::EndMessage(reply) => {
                 return match message.finish() {
                     Ok(stored) => {
-                        let _ = reply.send(Ok(stored));
-                        Ok(())
+                        let _ = reply.send(Ok(stored.clone()));
+                        Ok(Some(stored))
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -489,33 +632,14 @@ fn serve_message(
                     }
                 };
             }
-            Op::AbortMessage => return Ok(()),
+            Op::AbortMessage => return Ok(None),
             other => {
                 refuse(other, misuse("out of order in a message"));
                 return Err(Failed(None));
             }
         }
     }
-    Ok(())
-}
-
-fn serve_durable(durable: Box<dyn DurableBatch + '_>, queue: &Queue) {
-    while let Some(op) = queue.pop() {
-        match op {
-            Op::PublishBatch(reply) => {
-                let _ = reply.send(durable.publish());
-                return;
-            }
-            Op::AbortBatch(done) => {
-                drop(durable);
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
-                return;
-            }
-            other => refuse(other, misuse("out of order in a durable batch")),
-        }
-    }
+    Ok(None)
 }
 
 /// After a failure: answers the batch's remaining ops until it ends.
@@ -533,11 +657,11 @@ fn drain(queue: &Queue, mut failed: Failed) {
                 }
                 return;
             }
-            Op::PublishBatch(reply) => {
+            Op::CloseBatch(reply) => {
                 let _ = reply.send(Err(failure()));
                 return;
             }
-            Op::BeginMessage(_) | Op::Write(_) | Op::AbortMessage => {}
+            Op::BeginMessage(..) | Op::Write(_) | Op::AbortMessage => {}
             other => refuse(other, failure()),
         }
     }
@@ -551,11 +675,14 @@ fn misuse(what: &str) -> DeliverError {
 /// Answers an op that cannot run with `err`.
 fn refuse(op: Op, err: DeliverError) {
     match op {
-        Op::BeginBatch(reply) => drop(reply.send(Err(err))),
         Op::EndMessage(reply) => drop(reply.send(Err(err))),
-        Op::SyncBatch(reply) | Op::PublishBatch(reply) => drop(reply.send(Err(err))),
+        Op::CloseBatch(reply) => drop(reply.send(Err(err))),
         Op::AbortBatch(Some(done)) => drop(done.send(())),
-        Op::BeginMessage(_) | Op::Write(_) | Op::AbortMessage | Op::AbortBatch(None) => {
+        Op::BeginBatch(_)
+        | Op::BeginMessage(..)
+        | Op::Write(_)
+        | Op::AbortMessage
+        | Op::AbortBatch(None) => {
             tracing::debug!("delivery thread: dropped an op: {err}");
         }
     }
@@ -564,7 +691,7 @@ fn refuse(op: Op, err: DeliverError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::{Location, Message};
+    use crate::deliver::{DurableBatch, Location, Message};
     use std::sync::mpsc;
 
     /// Records what the thread asked of it; fails a write on demand.
@@ -573,6 +700,60 @@ mod tests {
         fail_write: Option<&'static [u8]>,
         /// Each write waits for a token (to hold the thread back).
         gate: Option<mpsc::Receiver<()>>,
+        /// Batches have a token (undoable), or deliver each message when
+        /// it finishes (like an MDA).
+        undoable: bool,
+    }
+
+    /// Records the ledger's calls in the same log as the target's.
+    struct RecordingLedger {
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl RecordingLedger {
+        fn note(&self, what: &str, batch: &[Finished]) {
+            let keys: Vec<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{what} {}", keys.join(",")));
+        }
+    }
+
+    impl Ledger for RecordingLedger {
+        fn begin(&mut self, token: &BatchToken) -> Result<(), StoreError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("mark {}", token.as_str()));
+            Ok(())
+        }
+        fn journal(&mut self, batch: &[Finished]) -> Result<(), StoreError> {
+            self.note("journal", batch);
+            Ok(())
+        }
+        fn commit(&mut self, batch: &[Finished], journaled: bool) -> Result<(), StoreError> {
+            self.note(
+                if journaled {
+                    "commit"
+                } else {
+                    "commit-unjournaled"
+                },
+                batch,
+            );
+            Ok(())
+        }
+        fn forget(&mut self) -> Result<(), StoreError> {
+            self.log.lock().unwrap().push("forget".into());
+            Ok(())
+        }
+    }
+
+    fn spawn(target: Recorder) -> DeliveryThread {
+        let ledger = RecordingLedger {
+            log: Arc::clone(&target.log),
+        };
+        DeliveryThread::spawn(Box::new(target), Box::new(ledger)).unwrap()
     }
 
     struct RecorderBatch<'a> {
@@ -593,6 +774,7 @@ mod tests {
                 log: Arc::clone(log),
                 fail_write: None,
                 gate: None,
+                undoable: true,
             }
         }
         fn note(&self, what: String) {
@@ -622,7 +804,7 @@ mod tests {
 
     impl<'a> Batch<'a> for RecorderBatch<'a> {
         fn token(&self) -> Option<BatchToken> {
-            None
+            self.rec.undoable.then(|| BatchToken::new("rec", 1))
         }
         fn message(&mut self, _: &MessageMeta) -> Result<Box<dyn Message + '_>, DeliverError> {
             self.rec.note("begin_message".into());
@@ -703,15 +885,16 @@ mod tests {
     }
 
     /// A thread whose target fails to write the chunk `bad`.
-    fn failing_on_bad() -> (Arc<Mutex<Vec<String>>>, DeliveryThread) {
+    fn failing_on_bad(undoable: bool) -> (Arc<Mutex<Vec<String>>>, DeliveryThread) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut target = Recorder::new(&log);
         target.fail_write = Some(b"bad");
-        (log, DeliveryThread::spawn(Box::new(target)).unwrap())
+        target.undoable = undoable;
+        (log, spawn(target))
     }
 
-    fn message(batch: &mut BatchHandle<'_>, chunks: &[&[u8]]) -> PendingMessage {
-        let message = batch.message(MessageMeta::default()).unwrap();
+    fn message(batch: &mut BatchHandle<'_>, key: &str, chunks: &[&[u8]]) -> PendingMessage {
+        let message = batch.message(MessageMeta::default(), key.into()).unwrap();
         for chunk in chunks {
             message.write(chunk).unwrap();
         }
@@ -721,49 +904,125 @@ mod tests {
     #[tokio::test]
     async fn messages_are_written_in_order_and_answered_later() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let thread = DeliveryThread::spawn(Box::new(Recorder::new(&log))).unwrap();
-        let mut batch = thread.batch().await.unwrap();
-        let first = message(&mut batch, &[b"a", b"b"]);
-        let second = message(&mut batch, &[b"c"]);
+        let thread = spawn(Recorder::new(&log));
+        let mut batch = thread.batch().unwrap();
+        let first = message(&mut batch, "u1", &[b"a", b"b"]);
+        let second = message(&mut batch, "u2", &[b"c"]);
         assert_eq!(name(first.stored().await.unwrap()), "ab");
         assert_eq!(name(second.stored().await.unwrap()), "c");
-        batch.sync().await.unwrap().publish().await.unwrap();
+        batch.close().unwrap().closed().await.unwrap();
         drop(thread);
         assert_eq!(
             log_of(&log),
             [
                 "begin_batch",
+                "mark rec:1",
                 "begin_message",
                 "end_message ab",
                 "begin_message",
                 "end_message c",
                 "sync_batch",
-                "publish_batch"
+                "journal u1,u2",
+                "publish_batch",
+                "commit u1,u2"
+            ]
+        );
+    }
+
+    /// The loop does not wait for a close: the next batch, sent behind it,
+    /// begins (and is marked) only once the close is committed.
+    #[tokio::test]
+    async fn a_batch_begun_behind_a_closing_one_waits_for_its_commit() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let thread = spawn(Recorder::new(&log));
+        let mut batch = thread.batch().unwrap();
+        let first = message(&mut batch, "u1", &[b"a"]);
+        let mut closing = batch.close().unwrap();
+        let mut next = thread.batch().unwrap();
+        let second = message(&mut next, "u2", &[b"b"]);
+        assert_eq!(name(second.stored().await.unwrap()), "b");
+        assert!(matches!(closing.try_closed(), Some(Ok(()))));
+        assert_eq!(name(first.stored().await.unwrap()), "a");
+        next.close().unwrap().closed().await.unwrap();
+        drop(thread);
+        assert_eq!(
+            log_of(&log),
+            [
+                "begin_batch",
+                "mark rec:1",
+                "begin_message",
+                "end_message a",
+                "sync_batch",
+                "journal u1",
+                "publish_batch",
+                "commit u1",
+                "begin_batch",
+                "mark rec:1",
+                "begin_message",
+                "end_message b",
+                "sync_batch",
+                "journal u2",
+                "publish_batch",
+                "commit u2"
             ]
         );
     }
 
     #[tokio::test]
     async fn after_a_failed_write_nothing_more_of_the_batch_is_delivered() {
-        let (log, thread) = failing_on_bad();
-        let mut batch = thread.batch().await.unwrap();
-        let first = message(&mut batch, &[b"ok"]);
-        let failing = message(&mut batch, &[b"bad", b"more"]);
-        let after = message(&mut batch, &[b"later"]);
+        let (log, thread) = failing_on_bad(true);
+        let mut batch = thread.batch().unwrap();
+        let first = message(&mut batch, "u1", &[b"ok"]);
+        let failing = message(&mut batch, "u2", &[b"bad", b"more"]);
+        let after = message(&mut batch, "u3", &[b"later"]);
         assert_eq!(name(first.stored().await.unwrap()), "ok");
         let err = failing.stored().await.unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
         let err = after.stored().await.unwrap_err();
         assert!(err.to_string().contains("earlier message"), "{err}");
-        assert!(batch.sync().await.is_err());
+        assert!(batch.close().unwrap().closed().await.is_err());
         // A new batch starts clean.
-        let mut batch = thread.batch().await.unwrap();
-        let again = message(&mut batch, &[b"x"]);
+        let mut batch = thread.batch().unwrap();
+        let again = message(&mut batch, "u4", &[b"x"]);
         assert_eq!(name(again.stored().await.unwrap()), "x");
         drop(batch);
         drop(thread);
-        // The failed message was undone with its batch at once; the one
-        // after it never began.
+        // The failed message was undone with its batch at once, and the
+        // batch's mark dropped; the message after it never began.
+        assert_eq!(
+            log_of(&log),
+            [
+                "begin_batch",
+                "mark rec:1",
+                "begin_message",
+                "end_message ok",
+                "begin_message",
+                "abort_message",
+                "abort_batch",
+                "forget",
+                "begin_batch",
+                "mark rec:1",
+                "begin_message",
+                "end_message x",
+                "abort_batch",
+                "forget"
+            ]
+        );
+    }
+
+    /// An MDA delivered each message when it finished: a later failure
+    /// commits those (without a journal), it does not undo them.
+    #[tokio::test]
+    async fn a_failure_after_delivered_messages_commits_them() {
+        let (log, thread) = failing_on_bad(false);
+        let mut batch = thread.batch().unwrap();
+        let first = message(&mut batch, "u1", &[b"ok"]);
+        let failing = message(&mut batch, "u2", &[b"bad"]);
+        assert!(first.stored().await.is_ok());
+        assert!(failing.stored().await.is_err());
+        assert_eq!(batch.undoable().await, Some(false));
+        assert!(batch.close().unwrap().closed().await.is_err());
+        drop(thread);
         assert_eq!(
             log_of(&log),
             [
@@ -773,10 +1032,7 @@ mod tests {
                 "begin_message",
                 "abort_message",
                 "abort_batch",
-                "begin_batch",
-                "begin_message",
-                "end_message x",
-                "abort_batch"
+                "commit-unjournaled u1"
             ]
         );
     }
@@ -784,47 +1040,49 @@ mod tests {
     #[tokio::test]
     async fn dropped_handles_undo_what_they_started() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let thread = DeliveryThread::spawn(Box::new(Recorder::new(&log))).unwrap();
-        let mut batch = thread.batch().await.unwrap();
-        let kept = message(&mut batch, &[b"a"]);
-        let dropped = batch.message(MessageMeta::default()).unwrap();
+        let thread = spawn(Recorder::new(&log));
+        let mut batch = thread.batch().unwrap();
+        let kept = message(&mut batch, "u1", &[b"a"]);
+        let dropped = batch.message(MessageMeta::default(), "u2".into()).unwrap();
         dropped.write(b"half").unwrap();
         drop(dropped);
-        let after = message(&mut batch, &[b"b"]);
+        let after = message(&mut batch, "u3", &[b"b"]);
         assert_eq!(name(kept.stored().await.unwrap()), "a");
         assert_eq!(name(after.stored().await.unwrap()), "b");
-        let durable = batch.sync().await.unwrap();
-        drop(durable);
+        drop(batch);
         // An awaited abort: the batch is undone when it returns.
-        let batch = thread.batch().await.unwrap();
+        let batch = thread.batch().unwrap();
         batch.abort().await;
-        assert_eq!(log_of(&log).last().unwrap(), "abort_batch");
+        assert_eq!(log_of(&log).last().unwrap(), "forget");
         drop(thread);
         assert_eq!(
             log_of(&log),
             [
                 "begin_batch",
+                "mark rec:1",
                 "begin_message",
                 "end_message a",
                 "begin_message",
                 "abort_message",
                 "begin_message",
                 "end_message b",
-                "sync_batch",
                 "abort_batch",
+                "forget",
                 "begin_batch",
-                "abort_batch"
+                "mark rec:1",
+                "abort_batch",
+                "forget"
             ]
         );
     }
 
     #[tokio::test]
     async fn peek_sees_a_failure_without_waiting() {
-        let (_log, thread) = failing_on_bad();
-        let mut batch = thread.batch().await.unwrap();
-        let mut failing = message(&mut batch, &[b"bad"]);
+        let (_log, thread) = failing_on_bad(true);
+        let mut batch = thread.batch().unwrap();
+        let mut failing = message(&mut batch, "u1", &[b"bad"]);
         // Once the thread is past it, the answer is there.
-        assert!(batch.sync().await.is_err());
+        assert!(batch.close().unwrap().closed().await.is_err());
         assert!(matches!(failing.peek(), Some(Err(_))));
         let err = failing.take_failure().unwrap();
         assert!(err.to_string().contains("disk full"), "{err}");
@@ -836,12 +1094,12 @@ mod tests {
         let (open, gate) = mpsc::channel();
         let mut target = Recorder::new(&log);
         target.gate = Some(gate);
-        let thread = DeliveryThread::spawn(Box::new(target)).unwrap();
+        let thread = spawn(target);
         let chunk = vec![b'x'; 1024 * 1024];
         let (begun, _answer) = oneshot::channel();
         thread.send(Op::BeginBatch(begun)).unwrap();
         thread
-            .send(Op::BeginMessage(MessageMeta::default()))
+            .send(Op::BeginMessage(MessageMeta::default(), String::new()))
             .unwrap();
         // The thread takes the first chunk and waits at the gate.
         thread
@@ -883,6 +1141,24 @@ mod runtime_tests {
     use crate::deliver::mda::Mda;
     use std::time::{Duration, Instant};
 
+    /// Keeps no records.
+    struct NoLedger;
+
+    impl Ledger for NoLedger {
+        fn begin(&mut self, _: &BatchToken) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn journal(&mut self, _: &[Finished]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn commit(&mut self, _: &[Finished], _: bool) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn forget(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
     /// The engine's handles undo through the thread what a real maildir
     /// wrote: a dropped message, then a dropped batch, leave only the
     /// foreign file in tmp/.
@@ -892,17 +1168,17 @@ mod runtime_tests {
         let tmp = td.path().join("tmp");
         let md = crate::deliver::maildir::Maildir::open(td.path()).unwrap();
         std::fs::write(tmp.join("foreign"), b"not ours").unwrap();
-        let thread = DeliveryThread::spawn(Box::new(md)).unwrap();
+        let thread = DeliveryThread::spawn(Box::new(md), Box::new(NoLedger)).unwrap();
         let files = || std::fs::read_dir(&tmp).unwrap().count();
-        let mut batch = thread.batch().await.unwrap();
-        let message = batch.message(MessageMeta::default()).unwrap();
+        let mut batch = thread.batch().unwrap();
+        let message = batch.message(MessageMeta::default(), "k".into()).unwrap();
         message.write(b"Subject: kept\n\nbody\n").unwrap();
         message.finish().unwrap().stored().await.unwrap();
-        let message = batch.message(MessageMeta::default()).unwrap();
+        let message = batch.message(MessageMeta::default(), "k".into()).unwrap();
         message.write(b"Subject: half\n\nthe first").unwrap();
         drop(message);
         // Ops run in order: once a later answer is in, the drop was done.
-        let probe = batch.message(MessageMeta::default()).unwrap();
+        let probe = batch.message(MessageMeta::default(), "k".into()).unwrap();
         probe.finish().unwrap().stored().await.unwrap();
         assert_eq!(files(), 3, "foreign, kept, probe");
         batch.abort().await;
@@ -916,9 +1192,9 @@ mod runtime_tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_slow_mda_does_not_block_the_runtime() {
         let mda = Mda::new("cat >/dev/null; sleep 0.6", Duration::from_secs(20));
-        let thread = DeliveryThread::spawn(Box::new(mda)).unwrap();
-        let mut batch = thread.batch().await.unwrap();
-        let message = batch.message(MessageMeta::default()).unwrap();
+        let thread = DeliveryThread::spawn(Box::new(mda), Box::new(NoLedger)).unwrap();
+        let mut batch = thread.batch().unwrap();
+        let message = batch.message(MessageMeta::default(), "k".into()).unwrap();
         message.write(b"Subject: x\n\nbody\n").unwrap();
         let pending = message.finish().unwrap();
         let started = Instant::now();

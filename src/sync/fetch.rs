@@ -1,17 +1,18 @@
 //! The pipelined fetch loop: RETR into the delivery thread, batch by batch,
-//! each batch made durable, journaled, published and committed before any
-//! of its messages may be deleted. The thread writes a message while this
-//! loop reads the next one from the socket.
+//! each batch made durable, journaled, published and committed (by the
+//! thread, see `deliver::thread`) before any of its messages may be
+//! deleted. The thread writes a message, or closes a batch, while this loop
+//! reads the next ones from the socket.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::config::Account;
-use crate::deliver::thread::{BatchHandle, DeliveryThread, PendingMessage, stopped};
+use crate::deliver::thread::{BatchHandle, ClosingBatch, DeliveryThread, PendingMessage, stopped};
 use crate::deliver::{DeliverError, MessageMeta, StoredMessage};
 use crate::pop3::{Command, StatusLine};
 use crate::session::{BodyError, Pipeline, Session, SessionError};
-use crate::store::{AccountId, SkipReason, TargetId};
+use crate::store::{AccountId, SkipReason};
 
 use super::headers::{HeaderCapture, keep_newest};
 use super::plan::{Plan, Wanted};
@@ -158,13 +159,36 @@ impl Queue<'_> {
 struct Batch<'t> {
     handle: BatchHandle<'t>,
     started: Instant,
-    items: Vec<(String, PendingMessage, u32)>,
+    items: Items,
     /// Message bytes read (the stored size is known only at the close).
     bytes: u64,
     /// Header sections of the batch's newest messages (bounded ring).
     headers: VecDeque<Vec<u8>>,
     /// Items before this index are known stored.
     checked: usize,
+}
+
+/// A batch's messages: UID, the thread's answer, message number.
+type Items = Vec<(String, PendingMessage, u32)>;
+
+/// A batch the thread is closing while the loop reads on: what the run
+/// reports (and DELEs) once the thread says it is committed.
+struct Closing {
+    batch: ClosingBatch,
+    /// The thread's answer, once looked at.
+    answer: Option<Result<(), DeliverError>>,
+    items: Items,
+    headers: VecDeque<Vec<u8>>,
+}
+
+impl Closing {
+    /// Whether the thread answered (without waiting).
+    fn is_done(&mut self) -> bool {
+        if self.answer.is_none() {
+            self.answer = self.batch.try_closed();
+        }
+        self.answer.is_some()
+    }
 }
 
 impl Batch<'_> {
@@ -185,7 +209,6 @@ impl Batch<'_> {
 pub(super) struct Fetcher<'a> {
     pub pipeline: Pipeline<'a>,
     pub delivery: &'a DeliveryThread,
-    pub target_id: &'a TargetId,
     pub store: &'a SharedStore,
     pub account: &'a Account,
     pub acct: AccountId,
@@ -251,70 +274,30 @@ impl<'a> Fetcher<'a> {
         let mut deleted = Vec::new();
         let mut quit = None;
         let mut batch: Option<Batch<'a>> = None;
-
-        loop {
-            // A stop request: send no further RETR; what is in flight is
-            // read, its batch closed and committed, then the caller QUITs.
-            queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
-            if pipelined
-                && queue.has_room()
-                && matches!(queue.in_flight.back(), Some(InFlight::Retr(_)))
+        // At most one batch closes behind the one being read.
+        let mut closing: Option<Closing> = None;
+        let result = self
+            .fetch_all(
+                &mut queue,
+                &mut batch,
+                &mut closing,
+                &mut deleted,
+                &mut quit,
+                quit_early,
+                pipelined,
+                &progress,
+            )
+            .await;
+        if let Err(e) = result {
+            // What closed before the failure still counts (and is kept).
+            if let Some(c) = closing.take()
+                && let Err(e) = self.finish_close(c).await
             {
-                // The last RETR of the window: a NOOP (or QUIT) behind it
-                // shows that the message really ended at its terminator.
-                queue.send_confirmation(&mut self.pipeline, quit_early)?;
+                self.report
+                    .warn(format!("could not keep the messages received so far: {e}"));
             }
-            self.pipeline.flush().await?;
-            let Some(item) = queue.in_flight.pop_front() else {
-                break;
-            };
-            match item {
-                InFlight::Noop => {
-                    // In step whatever it says; the step was checked.
-                    self.pipeline.next_reply().await?;
-                }
-                InFlight::Quit => quit = Some(self.pipeline.next_reply().await?.line),
-                InFlight::Dele(msg, uid) => {
-                    let line = self.pipeline.next_reply().await?.line;
-                    if line.is_ok() {
-                        deleted.push(uid);
-                    } else {
-                        self.report.warn(format!(
-                            "DELE {msg} (UID {uid}) refused: {}; will retry on a later run",
-                            line.describe()
-                        ));
-                    }
-                }
-                InFlight::Retr(index) => {
-                    let want = &wanted[index];
-                    queue.retr_bytes = queue.retr_bytes.saturating_sub(want.size);
-                    let result = self
-                        .retrieve(want, &mut batch, &mut queue, quit_early)
-                        .await;
-                    if let Err(e) = result {
-                        self.end_batch_after(&e, batch.take()).await;
-                        return Err(e);
-                    }
-                    if let Some(bar) = &progress {
-                        // Stored bytes, as the summary counts them, not LIST's.
-                        let bytes = batch.as_ref().map_or(0, |b| b.bytes);
-                        bar.set_message(super::human_bytes(self.report.new_bytes + bytes));
-                        bar.inc(1);
-                    }
-                    let more = (queue.next < wanted.len() && !self.opts.stop_requested())
-                        || queue
-                            .in_flight
-                            .iter()
-                            .any(|f| matches!(f, InFlight::Retr(_)));
-                    let full = batch.as_ref().is_some_and(|b| !more || self.batch_full(b));
-                    if let Some(done) = batch.take_if(|_| full) {
-                        let committed = self.close_batch(done).await?;
-                        if self.delete_after_commit {
-                            queue.deletes.extend(committed);
-                        }
-                    }
-                }
-            }
+            self.end_batch_after(&e, batch.take()).await;
+            return Err(e);
         }
         self.report_list_sizes();
         if let Some(bar) = progress {
@@ -329,6 +312,106 @@ impl<'a> Fetcher<'a> {
             );
         }
         Ok(Fetched { deleted, quit })
+    }
+
+    /// The loop of [`Self::run`]; on an error the caller ends `batch` and
+    /// `closing`.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_all(
+        &mut self,
+        queue: &mut Queue<'_>,
+        batch: &mut Option<Batch<'a>>,
+        closing: &mut Option<Closing>,
+        deleted: &mut Vec<String>,
+        quit: &mut Option<StatusLine>,
+        quit_early: bool,
+        pipelined: bool,
+        progress: &Option<indicatif::ProgressBar>,
+    ) -> Result<(), SyncError> {
+        let wanted = queue.wanted;
+        loop {
+            // A stop request: send no further RETR; what is in flight is
+            // read, its batch closed and committed, then the caller QUITs.
+            queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
+            if pipelined
+                && queue.has_room()
+                && matches!(queue.in_flight.back(), Some(InFlight::Retr(_)))
+            {
+                // The last RETR of the window: a NOOP (or QUIT) behind it
+                // shows that the message really ended at its terminator.
+                queue.send_confirmation(&mut self.pipeline, quit_early)?;
+            }
+            self.pipeline.flush().await?;
+            let Some(item) = queue.in_flight.pop_front() else {
+                // The last batch's DELEs may follow its commit.
+                match closing.take() {
+                    Some(c) => {
+                        self.closed(c, queue).await?;
+                        continue;
+                    }
+                    None => break,
+                }
+            };
+            match item {
+                InFlight::Noop => {
+                    // In step whatever it says; the step was checked.
+                    self.pipeline.next_reply().await?;
+                }
+                InFlight::Quit => *quit = Some(self.pipeline.next_reply().await?.line),
+                InFlight::Dele(msg, uid) => {
+                    let line = self.pipeline.next_reply().await?.line;
+                    if line.is_ok() {
+                        deleted.push(uid);
+                    } else {
+                        self.report.warn(format!(
+                            "DELE {msg} (UID {uid}) refused: {}; will retry on a later run",
+                            line.describe()
+                        ));
+                    }
+                }
+                InFlight::Retr(index) => {
+                    let want = &wanted[index];
+                    queue.retr_bytes = queue.retr_bytes.saturating_sub(want.size);
+                    self.retrieve(want, batch, queue, quit_early).await?;
+                    if let Some(c) = closing
+                        && c.is_done()
+                    {
+                        let c = closing.take().expect("just seen");
+                        self.closed(c, queue).await?;
+                    }
+                    if let Some(bar) = progress {
+                        // Stored bytes, as the summary counts them, not LIST's.
+                        let bytes = batch.as_ref().map_or(0, |b| b.bytes);
+                        bar.set_message(super::human_bytes(self.report.new_bytes + bytes));
+                        bar.inc(1);
+                    }
+                    let more = (queue.next < wanted.len() && !self.opts.stop_requested())
+                        || queue
+                            .in_flight
+                            .iter()
+                            .any(|f| matches!(f, InFlight::Retr(_)));
+                    let full = batch.as_ref().is_some_and(|b| !more || self.batch_full(b));
+                    if let Some(done) = batch.take_if(|_| full) {
+                        // One close behind the reads: an older one is
+                        // awaited first (it is done by now, or nearly).
+                        if let Some(c) = closing.take() {
+                            self.closed(c, queue).await?;
+                        }
+                        *closing = Some(self.close_batch(done)?);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A closed batch: its messages counted, their DELEs queued.
+    async fn closed(&mut self, c: Closing, queue: &mut Queue<'_>) -> Result<(), SyncError> {
+        let committed = self.finish_close(c).await?;
+        if self.delete_after_commit {
+            queue.deletes.extend(committed);
+        }
+        Ok(())
     }
 
     /// RETR one message into the target; a server-side refusal is skipped
@@ -354,7 +437,11 @@ impl<'a> Fetcher<'a> {
         }
         let batch = match batch {
             Some(batch) => batch,
-            slot @ None => slot.insert(self.open_batch().await?),
+            slot @ None => slot.insert(self.open_batch()?),
+        };
+        let uid = match &want.uid {
+            Some(uid) => uid.to_string(),
+            None => format!("no-uidl:{}:{}", self.run_id, want.msg),
         };
         let meta = MessageMeta {
             received_header: self.account.received_header.then(|| {
@@ -367,7 +454,7 @@ impl<'a> Fetcher<'a> {
             }),
         };
         // Dropped on any early return: the message is undone.
-        let message = batch.handle.message(meta)?;
+        let message = batch.handle.message(meta, uid.clone())?;
         let limit = body_limit(want.size);
         let mut capture = HeaderCapture::default();
         let body = self
@@ -405,10 +492,6 @@ impl<'a> Fetcher<'a> {
         }
         let pending = message.finish()?;
         batch.bytes += stats.bytes;
-        let uid = match &want.uid {
-            Some(uid) => uid.to_string(),
-            None => format!("no-uidl:{}:{}", self.run_id, want.msg),
-        };
         batch.items.push((uid, pending, want.msg));
         keep_newest(&mut batch.headers, capture.take());
         batch.check_stored()?;
@@ -464,17 +547,11 @@ impl<'a> Fetcher<'a> {
             || batch.started.elapsed() >= limits.time
     }
 
-    /// Starts a batch on the delivery thread and journals its token before
-    /// anything is written.
-    async fn open_batch(&mut self) -> Result<Batch<'a>, SyncError> {
-        let handle = self.delivery.batch().await?;
-        if let Some(token) = handle.token() {
-            let (store, acct, id, now) = (self.store, self.acct, self.target_id, self.opts.now);
-            // On an error the handle is dropped: the empty batch is undone.
-            with_store(store, |s| s.set_batch_mark(acct, id, token, now))?;
-        }
+    /// Starts a batch on the delivery thread, which journals its token
+    /// before anything is written.
+    fn open_batch(&mut self) -> Result<Batch<'a>, SyncError> {
         Ok(Batch {
-            handle,
+            handle: self.delivery.batch()?,
             started: Instant::now(),
             items: Vec::new(),
             bytes: 0,
@@ -483,64 +560,55 @@ impl<'a> Fetcher<'a> {
         })
     }
 
-    /// Stored (waiting for the delivery thread) -> durable -> journaled ->
-    /// published -> committed. Returns the committed messages as (msg, uid)
-    /// for deletion.
-    async fn close_batch(&mut self, batch: Batch<'a>) -> Result<Vec<(u32, String)>, SyncError> {
-        let (store, acct, now, target_id) = (self.store, self.acct, self.opts.now, self.target_id);
+    /// Hands the batch to the thread: stored -> durable -> journaled ->
+    /// published -> committed happens there, in that order, while this
+    /// loop reads on.
+    fn close_batch(&mut self, batch: Batch<'a>) -> Result<Closing, SyncError> {
         let Batch {
             handle,
             items,
             headers,
             ..
         } = batch;
+        Ok(Closing {
+            batch: handle.close()?,
+            answer: None,
+            items,
+            headers,
+        })
+    }
+
+    /// Waits for a close; returns the committed messages as (msg, uid) for
+    /// deletion.
+    async fn finish_close(&mut self, c: Closing) -> Result<Vec<(u32, String)>, SyncError> {
+        let Closing {
+            mut batch,
+            answer,
+            items,
+            headers,
+        } = c;
+        let answer = match answer {
+            Some(answer) => answer,
+            None => batch.closed().await,
+        };
         let mut stored = Vec::with_capacity(items.len());
         for (uid, pending, msg) in items {
             match pending.stored().await {
                 Ok(s) => stored.push((uid, s, msg)),
                 Err(e) => {
-                    // Without a token there is nothing to undo: each message
-                    // was delivered when it finished (an MDA exited 0), so
-                    // those before the failure are committed, not handed to
-                    // the MDA again on every retry.
-                    let delivered = handle.token().is_none();
-                    self.forget_batch(handle.abort()).await;
-                    if delivered && !stored.is_empty() {
-                        let items: Vec<(&str, &StoredMessage)> =
-                            stored.iter().map(|(u, s, _)| (u.as_str(), s)).collect();
-                        with_store(store, |s| {
-                            s.commit_delivered(acct, target_id, &items, now, true)
-                        })?;
+                    // The thread undid the batch at the failure, except
+                    // where an MDA delivered each message when it
+                    // finished: those before the failure it committed.
+                    if batch.undoable().await == Some(false) {
                         self.count_delivered(stored, headers);
                     }
                     return Err(e.into());
                 }
             }
         }
-        let durable = match handle.sync().await {
-            Ok(durable) => durable,
-            Err(e) => {
-                // The thread undid the batch before it answered.
-                self.forget_batch(async {}).await;
-                return Err(e.into());
-            }
-        };
-        let items: Vec<(&str, &StoredMessage)> =
-            stored.iter().map(|(u, s, _)| (u.as_str(), s)).collect();
-        if let Err(e) = with_store(store, |s| s.journal(acct, target_id, &items, now)) {
-            self.forget_batch(durable.abort()).await;
-            return Err(e.into());
-        }
-        // From here on the journal knows the batch: on failure the next run's
-        // recovery commits what reached its place; nothing is undone here.
-        durable.publish().await?;
-        // Durable only when DELEs of this batch follow; otherwise the
-        // journal already guarantees recovery (see commit_delivered).
-        let durable = self.delete_after_commit;
-        with_store(store, |s| {
-            s.commit_delivered(acct, target_id, &items, now, durable)
-        })?;
-
+        // A failed close: undone by the thread until journaled, left for
+        // the next run's recovery after.
+        answer?;
         let committed: Vec<(u32, String)> =
             stored.iter().map(|(u, _, m)| (*m, u.clone())).collect();
         self.count_delivered(stored, headers);
@@ -563,37 +631,32 @@ impl<'a> Fetcher<'a> {
         }
     }
 
-    /// After a failed RETR: when the server (not the target) failed, the
+    /// After a failure: when the server (not the target) failed, the
     /// batch's complete messages are kept, so that a poison message or a
-    /// flaky link cannot undo a run's progress again and again.
+    /// flaky link cannot undo a run's progress again and again. Otherwise
+    /// the batch is undone, but for what an MDA already delivered, which
+    /// the thread committed.
     async fn end_batch_after(&mut self, err: &SyncError, batch: Option<Batch<'a>>) {
-        let Some(batch) = batch else {
+        let Some(mut batch) = batch else {
             return;
         };
-        if matches!(err, SyncError::Session(_)) && !batch.items.is_empty() {
-            if let Err(e) = self.close_batch(batch).await {
-                self.report
-                    .warn(format!("could not keep the messages received so far: {e}"));
-            }
-        } else if batch.handle.token().is_none() && !batch.items.is_empty() {
-            // Delivered as they finished (MDA): commits those before the
-            // failure; the failure itself is what the run reports.
-            if let Err(e) = self.close_batch(batch).await {
-                tracing::debug!("closing the delivered part of the batch: {e}");
+        let keep =
+            matches!(err, SyncError::Session(_)) || batch.handle.undoable().await == Some(false);
+        if keep && !batch.items.is_empty() {
+            let closed = match self.close_batch(batch) {
+                Ok(c) => self.finish_close(c).await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = closed {
+                if matches!(err, SyncError::Session(_)) {
+                    self.report
+                        .warn(format!("could not keep the messages received so far: {e}"));
+                } else {
+                    tracing::debug!("closing the delivered part of the batch: {e}");
+                }
             }
         } else {
-            self.forget_batch(batch.handle.abort()).await;
-        }
-    }
-
-    /// Clears the journal once `undone` (the thread undoing the batch) is:
-    /// cleared first, a crash would leave an undone batch's bytes unnamed.
-    async fn forget_batch(&mut self, undone: impl std::future::Future<Output = ()>) {
-        undone.await;
-        let (store, acct) = (self.store, self.acct);
-        if let Err(e) = with_store(store, |s| s.clear_journal(acct)) {
-            self.report
-                .warn(format!("could not clear the journal: {e}"));
+            batch.handle.abort().await;
         }
     }
 

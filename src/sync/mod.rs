@@ -5,6 +5,7 @@
 
 mod fetch;
 pub mod headers;
+mod ledger;
 pub mod lock;
 pub mod plan;
 mod received;
@@ -87,7 +88,7 @@ pub enum SyncError {
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error("local delivery failed: {0}")]
-    Deliver(#[from] DeliverError),
+    Deliver(DeliverError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -96,6 +97,16 @@ pub enum SyncError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     OAuth2(#[from] crate::oauth2::OAuth2Error),
+}
+
+impl From<DeliverError> for SyncError {
+    /// A state failure met on the delivery thread is a state failure.
+    fn from(e: DeliverError) -> SyncError {
+        match e {
+            DeliverError::State(e) => SyncError::Store(e),
+            e => SyncError::Deliver(e),
+        }
+    }
 }
 
 impl SyncError {
@@ -481,11 +492,17 @@ async fn run(
         acct,
         armed: true,
     };
-    let delivery = DeliveryThread::spawn(target)?;
+    let ledger = ledger::StoreLedger {
+        store: Arc::clone(store),
+        acct,
+        target_id: target_id.clone(),
+        now: opts.now,
+        durable_commits: plan::delete_after_commit(policy),
+    };
+    let delivery = DeliveryThread::spawn(target, Box::new(ledger))?;
     let mut fetcher = fetch::Fetcher {
         pipeline: fetch::pipeline(&mut session, opts.pipeline),
         delivery: &delivery,
-        target_id: &target_id,
         store,
         account,
         acct,
