@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,6 +44,13 @@ const BUF_SIZE: usize = 64 * 1024;
 
 /// A maildir delivery target.
 pub struct Maildir {
+    /// Shared with the batches: a batch outlives its borrow of the target,
+    /// so it can be closed on another thread while the next is written.
+    dirs: Arc<Dirs>,
+}
+
+/// The maildir's paths and directory descriptors.
+pub struct Dirs {
     root: PathBuf,
     tmp: PathBuf,
     new: PathBuf,
@@ -51,25 +59,36 @@ pub struct Maildir {
     new_dir: OwnedFd,
     cur_dir: OwnedFd,
     host: String,
+    /// `SECS.MUSECSPPID`, the first part of every file name this target
+    /// (one run) writes: journaled as each batch's token, so recovery can
+    /// tell them from anything else in `tmp/`. One for all of a run's
+    /// batches, so a batch begun while the one before it is still closing
+    /// journals the same mark.
+    prefix: String,
 }
 
-/// A batch in progress. Its files are named `PREFIX<n>.<host>`; the prefix
-/// is journaled, so recovery can tell them from anything else in `tmp/`.
-struct MaildirBatch<'a> {
-    md: &'a Maildir,
+impl std::ops::Deref for Maildir {
+    type Target = Dirs;
+    fn deref(&self) -> &Dirs {
+        &self.dirs
+    }
+}
+
+/// A batch in progress. Its files are named `PREFIX<n>.<host>`.
+struct MaildirBatch {
+    md: Arc<Dirs>,
     /// `tmp/` opened at the batch's start: `syncfs` reports writeback errors
     /// of the filesystem since this descriptor was opened (Linux >= 5.8).
     dir: OwnedFd,
     /// This batch's filesystem reports writeback errors to `syncfs`.
     syncfs: bool,
-    prefix: String,
-    files: TmpFiles<'a>,
+    files: TmpFiles,
 }
 
 /// The finished, unpublished messages of a batch: removed from `tmp/` when
 /// dropped, unless `publish` took them.
-struct TmpFiles<'a> {
-    md: &'a Maildir,
+struct TmpFiles {
+    md: Arc<Dirs>,
     entries: Vec<Entry>,
 }
 
@@ -82,9 +101,9 @@ struct Entry {
 }
 
 /// A message being written into `tmp/`.
-struct MaildirMessage<'b, 'a> {
-    batch: &'b mut MaildirBatch<'a>,
-    tmp: TmpFile<'a>,
+struct MaildirMessage<'b> {
+    batch: &'b mut MaildirBatch,
+    tmp: TmpFile,
     path: PathBuf,
     writer: BufWriter<File>,
     hasher: Sha256,
@@ -93,19 +112,19 @@ struct MaildirMessage<'b, 'a> {
 
 /// The `tmp/` file of an unfinished message: removed when dropped, unless
 /// kept.
-struct TmpFile<'a> {
-    md: &'a Maildir,
+struct TmpFile {
+    md: Arc<Dirs>,
     /// Empty once kept.
     name: String,
 }
 
-impl TmpFile<'_> {
+impl TmpFile {
     fn keep(mut self) -> String {
         std::mem::take(&mut self.name)
     }
 }
 
-impl Drop for TmpFile<'_> {
+impl Drop for TmpFile {
     fn drop(&mut self) {
         if !self.name.is_empty()
             && let Err(e) = self.md.remove_tmp(&self.name)
@@ -115,7 +134,7 @@ impl Drop for TmpFile<'_> {
     }
 }
 
-impl Drop for TmpFiles<'_> {
+impl Drop for TmpFiles {
     fn drop(&mut self) {
         for entry in self.entries.drain(..) {
             drop(entry.file);
@@ -216,17 +235,22 @@ impl Maildir {
                 .map_err(|e| io_err(&target, "fsync directory", path, e.into()))?;
         }
         Ok(Maildir {
-            root: path.to_path_buf(),
-            tmp: path.join("tmp"),
-            new: path.join("new"),
-            cur: path.join("cur"),
-            tmp_dir,
-            new_dir,
-            cur_dir,
-            host: sanitized_hostname(),
+            dirs: Arc::new(Dirs {
+                root: path.to_path_buf(),
+                tmp: path.join("tmp"),
+                new: path.join("new"),
+                cur: path.join("cur"),
+                tmp_dir,
+                new_dir,
+                cur_dir,
+                host: sanitized_hostname(),
+                prefix: Dirs::new_prefix(),
+            }),
         })
     }
+}
 
+impl Dirs {
     /// Where the message `name` is now: `new/name`, or `cur/name` with or
     /// without a `:2,flags` suffix a mail reader added.
     pub fn find(&self, name: &str) -> Option<PathBuf> {
@@ -246,11 +270,10 @@ impl Maildir {
     }
 
     fn target(&self) -> String {
-        self.describe()
+        format!("maildir {}", self.root.display())
     }
 
-    /// `SECS.MUSECSPPID`: fixed per batch and journaled, so recovery can
-    /// tell this batch's files from anything else in `tmp/`.
+    /// See [`Dirs::prefix`].
     fn new_prefix() -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -315,7 +338,7 @@ impl Maildir {
 
 impl Target for Maildir {
     fn describe(&self) -> String {
-        format!("maildir {}", self.root.display())
+        self.target()
     }
 
     fn recover(
@@ -437,27 +460,26 @@ impl Target for Maildir {
         let dir = rustix::fs::openat(&self.tmp_dir, ".", DIR_FLAGS, Mode::empty())
             .map_err(|e| io_err(&self.target(), "open", &self.tmp, e.into()))?;
         Ok(Box::new(MaildirBatch {
-            md: self,
+            md: Arc::clone(&self.dirs),
             syncfs: syncfs_is_reliable(&dir),
             dir,
-            prefix: Self::new_prefix(),
             files: TmpFiles {
-                md: self,
+                md: Arc::clone(&self.dirs),
                 entries: Vec::new(),
             },
         }))
     }
 }
 
-impl<'a> Batch<'a> for MaildirBatch<'a> {
+impl<'a> Batch<'a> for MaildirBatch {
     fn token(&self) -> Option<BatchToken> {
-        Some(BatchToken::new(TOKEN_KIND, &self.prefix))
+        Some(BatchToken::new(TOKEN_KIND, &self.md.prefix))
     }
 
     fn message(&mut self, meta: &MessageMeta) -> Result<Box<dyn Message + '_>, DeliverError> {
-        let md = self.md;
+        let md = Arc::clone(&self.md);
         let n = DELIVERY_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}Q{n}.{}", self.prefix, md.host);
+        let name = format!("{}Q{n}.{}", md.prefix, md.host);
         let path = md.tmp.join(&name);
         let fd = rustix::fs::openat(
             &md.tmp_dir,
@@ -484,13 +506,17 @@ impl<'a> Batch<'a> for MaildirBatch<'a> {
         self.sync_files()?;
         Ok(self)
     }
+
+    fn detach(self: Box<Self>) -> Result<Box<dyn Batch<'static> + Send>, Box<dyn Batch<'a> + 'a>> {
+        Ok(self)
+    }
 }
 
-impl DurableBatch for MaildirBatch<'_> {
+impl DurableBatch for MaildirBatch {
     fn publish(mut self: Box<Self>) -> Result<(), DeliverError> {
         // Journaled now: what is not published stays for recovery.
         let entries = std::mem::take(&mut self.files.entries);
-        let md = self.md;
+        let md = &*self.md;
         let mut first_err = None;
         let mut linked = false;
         for entry in &entries {
@@ -511,10 +537,10 @@ impl DurableBatch for MaildirBatch<'_> {
     }
 }
 
-impl MaildirBatch<'_> {
+impl MaildirBatch {
     /// Makes every unsynced file of the batch durable.
     fn sync_files(&mut self) -> Result<(), DeliverError> {
-        let md = self.md;
+        let md = &*self.md;
         let target = md.target();
         let entries = &mut self.files.entries;
         let unsynced: Vec<usize> = (0..entries.len())
@@ -558,7 +584,7 @@ impl MaildirBatch<'_> {
     }
 }
 
-impl Write for MaildirMessage<'_, '_> {
+impl Write for MaildirMessage<'_> {
     fn write(&mut self, chunk: &[u8]) -> io::Result<usize> {
         self.writer
             .write_all(chunk)
@@ -575,7 +601,7 @@ impl Write for MaildirMessage<'_, '_> {
     }
 }
 
-impl Message for MaildirMessage<'_, '_> {
+impl Message for MaildirMessage<'_> {
     fn finish(self: Box<Self>) -> Result<StoredMessage, DeliverError> {
         // On an early return `tmp` is dropped: the file is removed.
         let MaildirMessage {
@@ -1050,6 +1076,39 @@ mod tests {
             let err = res.err().unwrap().to_string();
             assert!(err.contains("new"), "{err}");
         }
+    }
+
+    /// The batches of one run share their token, and a batch detached from
+    /// the target is made durable and published on another thread while
+    /// the next one is written. A crash with the first journaled and the
+    /// second in tmp/ under the same token: recovery keeps the first and
+    /// removes only the second's files.
+    #[test]
+    fn a_detached_batch_closes_on_another_thread_while_the_next_is_written() {
+        let td = tempfile::tempdir().unwrap();
+        let root = td.path();
+        let mut md = Maildir::open(root).unwrap();
+        let mut first = md.batch().unwrap();
+        let token = first.token();
+        let s = deliver(first.as_mut(), &[b"first\n"]);
+        let Ok(first) = first.detach() else {
+            panic!("a maildir batch detaches");
+        };
+        let mut second = md.batch().unwrap();
+        // Durable (then, in the engine, journaled) on its own thread; the
+        // crash comes before it is published.
+        let closing = std::thread::spawn(move || crash(first.sync().unwrap()));
+        assert_eq!(second.token(), token, "one token for the run's batches");
+        let t = deliver(second.as_mut(), &[b"second\n"]);
+        closing.join().unwrap();
+        crash(second);
+        drop(md);
+        let mut md = Maildir::open(root).unwrap();
+        let intact = md.recover(token.as_ref(), &s).unwrap();
+        assert_eq!(intact, [true]);
+        assert!(root.join("new").join(name_of(&s[0])).exists());
+        assert!(!root.join("tmp").join(name_of(&t[0])).exists());
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

@@ -445,6 +445,10 @@ impl<'a> Batch<'a> for MboxBatch<'a> {
             .map_err(|e| io_err(&mbox.target(), "fsync", &mbox.path, e))?;
         Ok(self)
     }
+
+    fn detach(self: Box<Self>) -> Result<Box<dyn Batch<'static> + Send>, Box<dyn Batch<'a> + 'a>> {
+        Err(self)
+    }
 }
 
 impl DurableBatch for MboxBatch<'_> {

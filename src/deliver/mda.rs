@@ -235,6 +235,10 @@ impl<'a> Batch<'a> for MdaBatch<'a> {
     fn sync(self: Box<Self>) -> Result<Box<dyn DurableBatch + 'a>, DeliverError> {
         Ok(self)
     }
+
+    fn detach(self: Box<Self>) -> Result<Box<dyn Batch<'static> + Send>, Box<dyn Batch<'a> + 'a>> {
+        Err(self)
+    }
 }
 
 impl DurableBatch for MdaBatch<'_> {

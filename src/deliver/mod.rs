@@ -174,6 +174,15 @@ pub trait Batch<'t> {
     /// Makes every finished message durable (still invisible for maildir);
     /// the batch takes no more messages.
     fn sync(self: Box<Self>) -> Result<Box<dyn DurableBatch + 't>, DeliverError>;
+
+    /// The batch as one that no longer borrows its target, so that it can
+    /// be closed on another thread while the target writes the next one:
+    /// a maildir's, whose files are its own and whose token is the same for
+    /// every batch of the target. `Err(self)` where batches follow one
+    /// another in one place (an mbox under its lock) or nothing is left to
+    /// close (an MDA). A target's batches all detach, or none does.
+    #[allow(clippy::type_complexity)]
+    fn detach(self: Box<Self>) -> Result<Box<dyn Batch<'static> + Send>, Box<dyn Batch<'t> + 't>>;
 }
 
 /// A batch whose messages are all durable; dropped unpublished, it undoes

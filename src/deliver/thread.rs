@@ -49,21 +49,27 @@ pub type Finished = (String, StoredMessage);
 
 /// The engine's records of a batch, written by the delivery thread between
 /// the target's steps (see the module docs for the order).
-pub trait Ledger: Send {
+pub trait Ledger: Send + Sync {
     /// A batch with a token began: journal the token before any byte of it
     /// is written.
-    fn begin(&mut self, token: &BatchToken) -> Result<(), StoreError>;
+    fn begin(&self, token: &BatchToken) -> Result<(), StoreError>;
     /// The batch is durable, not yet visible: journal its messages.
-    fn journal(&mut self, batch: &[Finished]) -> Result<(), StoreError>;
+    fn journal(&self, batch: &[Finished]) -> Result<(), StoreError>;
     /// The messages are in place (published, or delivered by an MDA):
-    /// commit them. This also drops the batch's journal. Not `journaled`
-    /// (an MDA's batch that failed part-way), no journal could redo the
-    /// commit after a crash.
-    fn commit(&mut self, batch: &[Finished], journaled: bool) -> Result<(), StoreError>;
+    /// commit them. This also drops the batch's journal, and its mark
+    /// unless `keep_mark` (a later batch of the run, with the same token,
+    /// has begun). Not `journaled` (an MDA's batch that failed part-way),
+    /// no journal could redo the commit after a crash.
+    fn commit(
+        &self,
+        batch: &[Finished],
+        journaled: bool,
+        keep_mark: bool,
+    ) -> Result<(), StoreError>;
     /// The batch was undone before it was journaled: drop its mark, which
     /// would otherwise make the next recovery take another program's later
     /// writes for this batch's.
-    fn forget(&mut self) -> Result<(), StoreError>;
+    fn forget(&self) -> Result<(), StoreError>;
 }
 
 enum Op {
@@ -261,7 +267,7 @@ impl DeliveryThread {
     /// Moves `target` and `ledger` onto a new thread.
     pub fn spawn(
         mut target: Box<dyn Target>,
-        mut ledger: Box<dyn Ledger>,
+        ledger: Box<dyn Ledger>,
     ) -> Result<DeliveryThread, DeliverError> {
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState::default()),
@@ -279,7 +285,7 @@ impl DeliveryThread {
                     }
                 }
                 let _stop = StopOnExit(Arc::clone(&worker));
-                serve(target.as_mut(), ledger.as_mut(), &worker);
+                serve(target.as_mut(), ledger.as_ref(), &worker);
             })
             .map_err(|e| DeliverError::Other(format!("cannot start the delivery thread: {e}")))?;
         Ok(DeliveryThread {
@@ -475,57 +481,151 @@ impl MessageHandle<'_> {
     }
 }
 
+/// What the thread and its closer share: how many batches are begun and
+/// not yet ended (a mark is dropped only with the last of them), and
+/// whether a close failed (then no batch begins or closes any more).
+#[derive(Default)]
+struct Books {
+    open: Mutex<usize>,
+    closing_failed: std::sync::atomic::AtomicBool,
+}
+
+impl Books {
+    fn open(&self) -> MutexGuard<'_, usize> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn closing_failed(&self) -> bool {
+        self.closing_failed
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A batch ended without being committed: its mark goes unless a later
+    /// batch (same token) is open.
+    fn forget(&self, ledger: &dyn Ledger) {
+        let mut open = self.open();
+        if *open <= 1
+            && let Err(e) = ledger.forget()
+        {
+            tracing::warn!("could not clear the mark of an undone batch: {e}");
+        }
+        *open = open.saturating_sub(1);
+    }
+
+    /// A batch ended with its messages left for recovery (journaled, not
+    /// all published): its mark and journal stay.
+    fn leave(&self) {
+        let mut open = self.open();
+        *open = open.saturating_sub(1);
+    }
+
+    fn commit(
+        &self,
+        ledger: &dyn Ledger,
+        finished: &[Finished],
+        journaled: bool,
+    ) -> Result<(), StoreError> {
+        let mut open = self.open();
+        let committed = ledger.commit(finished, journaled, *open > 1);
+        *open = open.saturating_sub(1);
+        committed
+    }
+}
+
+/// A detached batch to close on the closer thread.
+struct CloseJob {
+    batch: Box<dyn Batch<'static> + Send>,
+    finished: Vec<Finished>,
+    reply: Reply<()>,
+}
+
 /// The thread's loop: ops outside a batch, then each batch in its frame.
-fn serve(target: &mut dyn Target, ledger: &mut dyn Ledger, queue: &Queue) {
-    // Set once a batch failed to close: no later batch may begin.
-    let mut closing_failed = false;
-    while let Some(op) = queue.pop() {
-        match op {
-            Op::BeginBatch(begun) => {
-                if closing_failed {
-                    let refusal = "not delivered: an earlier batch of this run failed to close";
-                    drain(queue, Failed(Some(DeliverError::Other(refusal.into()))));
+/// Detached batches close on a second (scoped) thread, in order, while
+/// this one writes the next.
+fn serve(target: &mut dyn Target, ledger: &dyn Ledger, queue: &Queue) {
+    let books = Books::default();
+    std::thread::scope(|scope| {
+        let mut closer: Option<std::sync::mpsc::Sender<CloseJob>> = None;
+        while let Some(op) = queue.pop() {
+            let Op::BeginBatch(begun) = op else {
+                refuse(op, misuse("no batch is open"));
+                continue;
+            };
+            if books.closing_failed() {
+                let refusal = "not delivered: an earlier batch of this run failed to close";
+                drain(queue, Failed(Some(DeliverError::Other(refusal.into()))));
+                continue;
+            }
+            let batch = match target.batch() {
+                Ok(batch) => batch,
+                Err(e) => {
+                    drain(queue, Failed(Some(e)));
                     continue;
                 }
-                let batch = match target.batch() {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        drain(queue, Failed(Some(e)));
-                        continue;
-                    }
-                };
-                let token = batch.token();
+            };
+            let token = batch.token();
+            {
+                let mut open = books.open();
                 if let Some(token) = &token
                     && let Err(e) = ledger.begin(token)
                 {
+                    drop(open);
                     drop(batch); // nothing written: nothing to undo
                     drain(queue, Failed(Some(e.into())));
                     continue;
                 }
-                let undoable = token.is_some();
-                let _ = begun.send(token);
-                let mut finished = Vec::new();
-                match serve_batch(batch, ledger, queue, &mut finished) {
-                    Ok(Ended::Closed(Ok(()))) | Ok(Ended::Aborted) => {}
-                    Ok(Ended::Closed(Err(()))) => closing_failed = true,
-                    Err(failed) => {
-                        // The batch is undone (dropped). An MDA delivered
-                        // each message when it finished: those are kept,
-                        // not handed to it again on every retry.
-                        if !undoable && !finished.is_empty() {
-                            if let Err(e) = ledger.commit(&finished, false) {
-                                tracing::warn!("could not record the messages delivered: {e}");
-                            }
-                        } else {
-                            forget(ledger);
+                *open += 1;
+            }
+            let undoable = token.is_some();
+            let _ = begun.send(token);
+            let mut finished = Vec::new();
+            match serve_batch(batch, &books, ledger, queue, &mut finished) {
+                Ok(Ended::Aborted) => {}
+                Ok(Ended::Close(batch, reply)) => match batch.detach() {
+                    Ok(batch) => {
+                        let closer = closer.get_or_insert_with(|| {
+                            let (tx, rx) = std::sync::mpsc::channel::<CloseJob>();
+                            let books = &books;
+                            std::thread::Builder::new()
+                                .name("popsync-close".into())
+                                .spawn_scoped(scope, move || {
+                                    for job in rx {
+                                        close_job(job, books, ledger);
+                                    }
+                                })
+                                .expect("cannot start the closing thread");
+                            tx
+                        });
+                        let job = CloseJob {
+                            batch,
+                            finished,
+                            reply,
+                        };
+                        if let Err(std::sync::mpsc::SendError(job)) = closer.send(job) {
+                            close_job(job, &books, ledger);
                         }
-                        drain(queue, failed);
                     }
+                    Err(batch) => {
+                        let closed = close(batch, &books, ledger, &finished);
+                        let _ = reply.send(closed);
+                    }
+                },
+                Err(failed) => {
+                    // The batch is undone (dropped). An MDA delivered each
+                    // message when it finished: those are kept, not handed
+                    // to it again on every retry.
+                    if !undoable && !finished.is_empty() {
+                        if let Err(e) = books.commit(ledger, &finished, false) {
+                            tracing::warn!("could not record the messages delivered: {e}");
+                        }
+                    } else {
+                        books.forget(ledger);
+                    }
+                    drain(queue, failed);
                 }
             }
-            other => refuse(other, misuse("no batch is open")),
         }
-    }
+    });
 }
 
 /// A batch failed and was undone; `Some` while the failure is unreported
@@ -533,20 +633,21 @@ fn serve(target: &mut dyn Target, ledger: &mut dyn Ledger, queue: &Queue) {
 struct Failed(Option<DeliverError>);
 
 /// How a batch ended without a failure of its own ops.
-enum Ended {
-    /// Its close was answered (`Err`: the close failed).
-    Closed(Result<(), ()>),
+enum Ended<'b> {
+    /// The engine closed it: the batch and who waits for the close.
+    Close(Box<dyn Batch<'b> + 'b>, Reply<()>),
     Aborted,
 }
 
 /// Serves a batch until the engine closes or aborts it, collecting its
 /// finished messages; on a failure returns, which drops (undoes) the batch.
-fn serve_batch(
-    mut batch: Box<dyn Batch<'_> + '_>,
-    ledger: &mut dyn Ledger,
+fn serve_batch<'b>(
+    mut batch: Box<dyn Batch<'b> + 'b>,
+    books: &Books,
+    ledger: &dyn Ledger,
     queue: &Queue,
     finished: &mut Vec<Finished>,
-) -> Result<Ended, Failed> {
+) -> Result<Ended<'b>, Failed> {
     while let Some(op) = queue.pop() {
         match op {
             Op::BeginMessage(meta, key) => {
@@ -554,15 +655,10 @@ fn serve_batch(
                     finished.push((key, stored));
                 }
             }
-            Op::CloseBatch(reply) => {
-                let closed = close(batch, ledger, finished);
-                let ended = Ended::Closed(closed.as_ref().map(|_| ()).map_err(|_| ()));
-                let _ = reply.send(closed);
-                return Ok(ended);
-            }
+            Op::CloseBatch(reply) => return Ok(Ended::Close(batch, reply)),
             Op::AbortBatch(done) => {
                 drop(batch);
-                forget(ledger);
+                books.forget(ledger);
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
@@ -576,34 +672,66 @@ fn serve_batch(
     }
     // The engine is gone without a word: dropping the batch undoes it.
     drop(batch);
-    forget(ledger);
+    books.forget(ledger);
     Ok(Ended::Aborted)
+}
+
+/// On the closer thread: a batch after a failed close is not closed but
+/// undone (its journal must not replace the failed one's).
+fn close_job(job: CloseJob, books: &Books, ledger: &dyn Ledger) {
+    let CloseJob {
+        batch,
+        finished,
+        reply,
+    } = job;
+    if books.closing_failed() {
+        drop(batch);
+        books.forget(ledger);
+        let refusal = "not delivered: an earlier batch of this run failed to close";
+        let _ = reply.send(Err(DeliverError::Other(refusal.into())));
+        return;
+    }
+    let closed = close(batch, books, ledger, &finished);
+    let _ = reply.send(closed);
 }
 
 /// Durable -> journaled -> published -> committed. Until it is journaled
 /// a failure undoes the batch; after, what is not in place stays for the
-/// next run's recovery.
-fn close(
-    batch: Box<dyn Batch<'_> + '_>,
-    ledger: &mut dyn Ledger,
+/// next run's recovery. A failure ends the thread's batches.
+fn close<'b>(
+    batch: Box<dyn Batch<'b> + 'b>,
+    books: &Books,
+    ledger: &dyn Ledger,
+    finished: &[Finished],
+) -> Result<(), DeliverError> {
+    let closed = close_steps(batch, books, ledger, finished);
+    if closed.is_err() {
+        books
+            .closing_failed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    closed
+}
+
+fn close_steps<'b>(
+    batch: Box<dyn Batch<'b> + 'b>,
+    books: &Books,
+    ledger: &dyn Ledger,
     finished: &[Finished],
 ) -> Result<(), DeliverError> {
     // On an error the target dropped (undid) the batch.
-    let durable = batch.sync().inspect_err(|_| forget(ledger))?;
+    let durable = batch.sync().inspect_err(|_| books.forget(ledger))?;
     if let Err(e) = ledger.journal(finished) {
         drop(durable);
-        forget(ledger);
+        books.forget(ledger);
         return Err(e.into());
     }
-    durable.publish()?;
-    ledger.commit(finished, true)?;
-    Ok(())
-}
-
-fn forget(ledger: &mut dyn Ledger) {
-    if let Err(e) = ledger.forget() {
-        tracing::warn!("could not clear the mark of an undone batch: {e}");
+    if let Err(e) = durable.publish() {
+        books.leave();
+        return Err(e);
     }
+    books.commit(ledger, finished, true)?;
+    Ok(())
 }
 
 /// Serves one message until it is finished (its stored form) or aborted.
@@ -708,6 +836,8 @@ mod tests {
     /// Records the ledger's calls in the same log as the target's.
     struct RecordingLedger {
         log: Arc<Mutex<Vec<String>>>,
+        /// Each journal waits for a token (to hold a close back).
+        journal_gate: Option<Mutex<mpsc::Receiver<()>>>,
     }
 
     impl RecordingLedger {
@@ -721,29 +851,36 @@ mod tests {
     }
 
     impl Ledger for RecordingLedger {
-        fn begin(&mut self, token: &BatchToken) -> Result<(), StoreError> {
+        fn begin(&self, token: &BatchToken) -> Result<(), StoreError> {
             self.log
                 .lock()
                 .unwrap()
                 .push(format!("mark {}", token.as_str()));
             Ok(())
         }
-        fn journal(&mut self, batch: &[Finished]) -> Result<(), StoreError> {
+        fn journal(&self, batch: &[Finished]) -> Result<(), StoreError> {
+            if let Some(gate) = &self.journal_gate {
+                // A gate dropped (a failing test) lets everything through.
+                let _ = gate.lock().unwrap().recv();
+            }
             self.note("journal", batch);
             Ok(())
         }
-        fn commit(&mut self, batch: &[Finished], journaled: bool) -> Result<(), StoreError> {
-            self.note(
-                if journaled {
-                    "commit"
-                } else {
-                    "commit-unjournaled"
-                },
-                batch,
-            );
+        fn commit(
+            &self,
+            batch: &[Finished],
+            journaled: bool,
+            keep_mark: bool,
+        ) -> Result<(), StoreError> {
+            let what = match (journaled, keep_mark) {
+                (true, false) => "commit",
+                (true, true) => "commit-keeping-mark",
+                (false, _) => "commit-unjournaled",
+            };
+            self.note(what, batch);
             Ok(())
         }
-        fn forget(&mut self) -> Result<(), StoreError> {
+        fn forget(&self) -> Result<(), StoreError> {
             self.log.lock().unwrap().push("forget".into());
             Ok(())
         }
@@ -752,6 +889,7 @@ mod tests {
     fn spawn(target: Recorder) -> DeliveryThread {
         let ledger = RecordingLedger {
             log: Arc::clone(&target.log),
+            journal_gate: None,
         };
         DeliveryThread::spawn(Box::new(target), Box::new(ledger)).unwrap()
     }
@@ -817,6 +955,12 @@ mod tests {
         fn sync(self: Box<Self>) -> Result<Box<dyn DurableBatch + 'a>, DeliverError> {
             self.rec.note("sync_batch".into());
             Ok(self)
+        }
+
+        fn detach(
+            self: Box<Self>,
+        ) -> Result<Box<dyn Batch<'static> + Send>, Box<dyn Batch<'a> + 'a>> {
+            Err(self)
         }
     }
 
@@ -966,6 +1110,63 @@ mod tests {
                 "commit u2"
             ]
         );
+    }
+
+    /// A maildir's batches close on a second thread: with the first
+    /// batch's journal held back, the next batch is still written, and the
+    /// first one's commit keeps the mark the next (same token) journaled.
+    #[tokio::test]
+    async fn a_maildirs_next_batch_is_written_while_the_last_one_closes() {
+        let td = tempfile::tempdir().unwrap();
+        let md = crate::deliver::maildir::Maildir::open(td.path()).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (open_gate, gate) = mpsc::channel();
+        let ledger = RecordingLedger {
+            log: Arc::clone(&log),
+            journal_gate: Some(Mutex::new(gate)),
+        };
+        let thread = DeliveryThread::spawn(Box::new(md), Box::new(ledger)).unwrap();
+        // Dropped before the thread (which waits for the gate), so that a
+        // failing assertion cannot hang the test.
+        let open_gate = open_gate;
+        let mut first = thread.batch().unwrap();
+        let a = message(&mut first, "u1", &[b"Subject: a\n\na\n"]);
+        let mut closing = first.close().unwrap();
+        let mut second = thread.batch().unwrap();
+        let b = message(&mut second, "u2", &[b"Subject: b\n\nb\n"]);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), b.stored()).await;
+        waited
+            .expect("the next batch waited for the close")
+            .unwrap();
+        assert!(closing.try_closed().is_none(), "the close is held back");
+        open_gate.send(()).unwrap();
+        closing.closed().await.unwrap();
+        a.stored().await.unwrap();
+        open_gate.send(()).unwrap();
+        second.close().unwrap().closed().await.unwrap();
+        drop(thread);
+        let log: Vec<String> = log_of(&log)
+            .into_iter()
+            .map(|l| {
+                if l.starts_with("mark maildir:") {
+                    "mark".into()
+                } else {
+                    l
+                }
+            })
+            .collect();
+        assert_eq!(
+            log,
+            [
+                "mark",
+                "mark",
+                "journal u1",
+                "commit-keeping-mark u1",
+                "journal u2",
+                "commit u2"
+            ]
+        );
+        assert_eq!(std::fs::read_dir(td.path().join("new")).unwrap().count(), 2);
     }
 
     #[tokio::test]
@@ -1145,16 +1346,16 @@ mod runtime_tests {
     struct NoLedger;
 
     impl Ledger for NoLedger {
-        fn begin(&mut self, _: &BatchToken) -> Result<(), StoreError> {
+        fn begin(&self, _: &BatchToken) -> Result<(), StoreError> {
             Ok(())
         }
-        fn journal(&mut self, _: &[Finished]) -> Result<(), StoreError> {
+        fn journal(&self, _: &[Finished]) -> Result<(), StoreError> {
             Ok(())
         }
-        fn commit(&mut self, _: &[Finished], _: bool) -> Result<(), StoreError> {
+        fn commit(&self, _: &[Finished], _: bool, _: bool) -> Result<(), StoreError> {
             Ok(())
         }
-        fn forget(&mut self) -> Result<(), StoreError> {
+        fn forget(&self) -> Result<(), StoreError> {
             Ok(())
         }
     }

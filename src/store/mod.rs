@@ -589,10 +589,25 @@ impl Store {
         now: i64,
         durable: bool,
     ) -> Result<(), StoreError> {
+        self.commit_batch(account, target, items, now, durable, false)
+    }
+
+    /// [`Self::commit_delivered`] for a batch closing while a later one of
+    /// the same run is already marked (`keep_mark`: its mark, the same
+    /// token, stays).
+    pub fn commit_batch(
+        &mut self,
+        account: AccountId,
+        target: &TargetId,
+        items: &[(&str, &StoredMessage)],
+        now: i64,
+        durable: bool,
+        keep_mark: bool,
+    ) -> Result<(), StoreError> {
         if durable {
-            self.commit_delivered_tx(account, target, items, now)
+            self.commit_delivered_tx(account, target, items, now, keep_mark)
         } else {
-            self.relaxed(|this| this.commit_delivered_tx(account, target, items, now))
+            self.relaxed(|this| this.commit_delivered_tx(account, target, items, now, keep_mark))
         }
     }
 
@@ -611,6 +626,7 @@ impl Store {
         target: &TargetId,
         items: &[(&str, &StoredMessage)],
         now: i64,
+        keep_mark: bool,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(|e| err_at(&self.path, e))?;
         {
@@ -645,7 +661,12 @@ impl Store {
                     insert.execute(args).map_err(|e| err_at(&self.path, e))?;
                 }
             }
-            drop_journal(&tx, account).map_err(|e| err_at(&self.path, e))?;
+            if keep_mark {
+                tx.execute("DELETE FROM intent WHERE account_id = ?1", [account])
+                    .map_err(|e| err_at(&self.path, e))?;
+            } else {
+                drop_journal(&tx, account).map_err(|e| err_at(&self.path, e))?;
+            }
         }
         tx.commit().map_err(|e| err_at(&self.path, e))
     }

@@ -486,3 +486,28 @@ fn per_run_lookups_do_not_scan_every_account() {
         );
     }
 }
+
+/// A batch committed while the run's next batch (same token) is already
+/// marked keeps that mark; its own intent rows go.
+#[test]
+fn a_commit_keeping_the_mark_drops_only_the_intents() {
+    let (_dir, mut store) = open();
+    let acct = store.account("a", 1).unwrap();
+    let target = TargetId::Maildir("/m".into());
+    let token = BatchToken::from_journal("maildir:1.M2P3".into());
+    store.add_pending(acct, &[("u1", 10)], 1).unwrap();
+    store.set_batch_mark(acct, &target, &token, 1).unwrap();
+    let m = stored("n1");
+    store.journal(acct, &target, &[("u1", &m)], 2).unwrap();
+    store
+        .commit_batch(acct, &target, &[("u1", &m)], 3, false, true)
+        .unwrap();
+    let journal = store.pending_journal(acct).unwrap();
+    assert!(journal.intents.is_empty());
+    assert_eq!(journal.mark, Some((target.clone(), Some(token))));
+    assert!(store.live_messages(acct).unwrap()["u1"].state.is_seen());
+    store
+        .commit_batch(acct, &target, &[], 4, false, false)
+        .unwrap();
+    assert!(store.pending_journal(acct).unwrap().is_empty());
+}

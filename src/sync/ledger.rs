@@ -22,27 +22,32 @@ fn items(batch: &[Finished]) -> Vec<(&str, &crate::deliver::StoredMessage)> {
 }
 
 impl Ledger for StoreLedger {
-    fn begin(&mut self, token: &BatchToken) -> Result<(), StoreError> {
+    fn begin(&self, token: &BatchToken) -> Result<(), StoreError> {
         let (acct, id, now) = (self.acct, &self.target_id, self.now);
         with_store(&self.store, |s| s.set_batch_mark(acct, id, token, now))
     }
 
-    fn journal(&mut self, batch: &[Finished]) -> Result<(), StoreError> {
+    fn journal(&self, batch: &[Finished]) -> Result<(), StoreError> {
         let (acct, id, now) = (self.acct, &self.target_id, self.now);
         with_store(&self.store, |s| s.journal(acct, id, &items(batch), now))
     }
 
-    fn commit(&mut self, batch: &[Finished], journaled: bool) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        batch: &[Finished],
+        journaled: bool,
+        keep_mark: bool,
+    ) -> Result<(), StoreError> {
         // Relaxed only where a journal lets recovery redo it and no DELE
         // rests on it.
         let durable = self.durable_commits || !journaled;
         let (acct, id, now) = (self.acct, &self.target_id, self.now);
         with_store(&self.store, |s| {
-            s.commit_delivered(acct, id, &items(batch), now, durable)
+            s.commit_batch(acct, id, &items(batch), now, durable, keep_mark)
         })
     }
 
-    fn forget(&mut self) -> Result<(), StoreError> {
+    fn forget(&self) -> Result<(), StoreError> {
         let acct = self.acct;
         with_store(&self.store, |s| s.clear_unjournaled_mark(acct))
     }
