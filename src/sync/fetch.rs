@@ -84,8 +84,8 @@ enum InFlight {
     Dele(u32, String),
     /// Confirms that the stream is in step after the last RETR sent.
     Noop,
-    /// Ends the session where nothing is deleted in it; its reply also
-    /// confirms the last RETR, like the NOOP it replaces.
+    /// Ends the session where nothing is deleted in it, sent only once
+    /// every earlier reply was read (see `Queue::send_confirmation`).
     Quit,
 }
 
@@ -135,14 +135,18 @@ impl Queue<'_> {
     }
 
     /// The command that confirms the last RETR: QUIT where this session
-    /// deletes nothing (`quit_early`) and no RETR is left to send (a round
-    /// trip fewer), else NOOP.
+    /// deletes nothing (`quit_early`), no RETR is left to send and no reply
+    /// is still to be read (lock-step), else NOOP. Never QUIT behind
+    /// replies not yet read: Dovecot ends the session as it handles QUIT
+    /// and drops the output the client has not taken yet (measured: the
+    /// last message cut off when the client read slowly).
     fn send_confirmation(
         &mut self,
         pipeline: &mut Pipeline<'_>,
         quit_early: bool,
     ) -> Result<(), SessionError> {
-        let (cmd, item) = if quit_early && self.next == self.wanted.len() {
+        let all_read = self.in_flight.is_empty();
+        let (cmd, item) = if quit_early && all_read && self.next == self.wanted.len() {
             (Command::Quit, InFlight::Quit)
         } else {
             (Command::Noop, InFlight::Noop)
@@ -250,7 +254,7 @@ impl<'a> Fetcher<'a> {
         } else {
             Window::LOCK_STEP
         };
-        // No DELE in this session: QUIT may go out behind the last RETR.
+        // No DELE in this session: QUIT may go out before the last close.
         let quit_early = plan.delete.is_empty() && !self.delete_after_commit;
         let wanted = &plan.fetch;
         let progress = self.progress_bar(wanted);
@@ -337,12 +341,23 @@ impl<'a> Fetcher<'a> {
                 && queue.has_room()
                 && matches!(queue.in_flight.back(), Some(InFlight::Retr(_)))
             {
-                // The last RETR of the window: a NOOP (or QUIT) behind it
-                // shows that the message really ended at its terminator.
+                // The last RETR of the window: a NOOP behind it shows that
+                // the message really ended at its terminator.
                 queue.send_confirmation(&mut self.pipeline, quit_early)?;
             }
             self.pipeline.flush().await?;
             let Some(item) = queue.in_flight.pop_front() else {
+                if quit_early && quit.is_none() && queue.next == wanted.len() {
+                    // Every reply is read: QUIT cannot cut one off now, and
+                    // its round trip overlaps the last batch's close.
+                    self.pipeline.send(&Command::Quit)?;
+                    self.pipeline.flush().await?;
+                    queue.in_flight.push_back(InFlight::Quit);
+                    if let Some(c) = closing.take() {
+                        self.closed(c, queue).await?;
+                    }
+                    continue;
+                }
                 // The last batch's DELEs may follow its commit.
                 match closing.take() {
                     Some(c) => {

@@ -129,17 +129,22 @@ fn a_refused_pipelined_login_is_an_auth_failure_and_the_listing_replies_are_igno
     let _ = server.finish_blocking();
 }
 
-/// Where the session deletes nothing, QUIT goes out behind the last RETR
-/// (its reply confirms the message ended there, as the NOOP did): the
-/// round trip of a separate QUIT is gone.
+/// Where the session deletes nothing, QUIT still waits until every reply
+/// was read (a NOOP confirms the last RETR). Dovecot reads a pipelined
+/// QUIT once less than 2 KiB of output is left in its buffer, answers it
+/// and drops what it could not flush: a corpus run over TLS on a loaded
+/// machine ended "the server closed the connection", one message short,
+/// while Dovecot logged `retr=6046/...` and "Logged out". The QUIT's round
+/// trip overlaps the last batch's close.
 #[test]
-fn quit_follows_the_last_retr_when_nothing_is_deleted() {
+fn quit_goes_out_once_every_reply_was_read() {
     let mut steps = greeting_and_capa(true);
     steps.extend(login_and_listing(2));
-    steps.extend(["RETR 1", "RETR 2", "QUIT"].map(expect));
+    steps.extend(["RETR 1", "RETR 2", "NOOP"].map(expect));
     steps.extend(message(1));
     steps.extend(message(2));
-    steps.push(line("+OK bye"));
+    steps.push(line("+OK"));
+    steps.extend([expect("QUIT"), line("+OK bye")]);
     syncs_two_messages(steps, "");
 }
 
