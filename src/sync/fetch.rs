@@ -93,8 +93,8 @@ enum InFlight {
 pub(super) struct Fetched {
     /// The UIDs whose DELE the server accepted; gone only once QUIT succeeds.
     pub deleted: Vec<String>,
-    /// QUIT's reply, when QUIT went out behind the last RETR: the session
-    /// is over and only needs closing.
+    /// QUIT's reply, when the loop sent QUIT itself (the session deletes
+    /// nothing): the session is over and only needs closing.
     pub quit: Option<StatusLine>,
 }
 
@@ -108,6 +108,8 @@ struct Queue<'w> {
     retr_bytes: u64,
     deletes: VecDeque<(u32, String)>,
     in_flight: VecDeque<InFlight>,
+    /// No DELE in this session: the loop ends it with QUIT itself.
+    quit_early: bool,
 }
 
 impl Queue<'_> {
@@ -134,19 +136,24 @@ impl Queue<'_> {
         self.window.admits(self.in_flight.len(), self.retr_bytes)
     }
 
+    /// More than one command in flight (the server pipelines).
+    fn pipelined(&self) -> bool {
+        self.window.commands > 1
+    }
+
+    /// Nothing is left to read or to send: QUIT may go out.
+    fn may_quit(&self) -> bool {
+        self.quit_early && self.in_flight.is_empty() && self.next == self.wanted.len()
+    }
+
     /// The command that confirms the last RETR: QUIT where this session
     /// deletes nothing (`quit_early`), no RETR is left to send and no reply
     /// is still to be read (lock-step), else NOOP. Never QUIT behind
     /// replies not yet read: Dovecot ends the session as it handles QUIT
     /// and drops the output the client has not taken yet (measured: the
     /// last message cut off when the client read slowly).
-    fn send_confirmation(
-        &mut self,
-        pipeline: &mut Pipeline<'_>,
-        quit_early: bool,
-    ) -> Result<(), SessionError> {
-        let all_read = self.in_flight.is_empty();
-        let (cmd, item) = if quit_early && all_read && self.next == self.wanted.len() {
+    fn send_confirmation(&mut self, pipeline: &mut Pipeline<'_>) -> Result<(), SessionError> {
+        let (cmd, item) = if self.may_quit() {
             (Command::Quit, InFlight::Quit)
         } else {
             (Command::Noop, InFlight::Noop)
@@ -248,14 +255,11 @@ impl<'a> Fetcher<'a> {
     /// fetched; see [`Fetched`].
     pub async fn run(&mut self, plan: &Plan<'_>) -> Result<Fetched, SyncError> {
         // See `pipeline`: a window of 1 is lock-step, whatever the server offers.
-        let pipelined = self.pipeline.window() > 1;
-        let window = if pipelined {
+        let window = if self.pipeline.window() > 1 {
             self.opts.pipeline
         } else {
             Window::LOCK_STEP
         };
-        // No DELE in this session: QUIT may go out before the last close.
-        let quit_early = plan.delete.is_empty() && !self.delete_after_commit;
         let wanted = &plan.fetch;
         let progress = self.progress_bar(wanted);
         if !plan.delete.is_empty() {
@@ -274,9 +278,12 @@ impl<'a> Fetcher<'a> {
                 .map(|&(m, u)| (m, u.to_string()))
                 .collect(),
             in_flight: VecDeque::new(),
+            quit_early: plan.delete.is_empty() && !self.delete_after_commit,
         };
-        let mut deleted = Vec::new();
-        let mut quit = None;
+        let mut fetched = Fetched {
+            deleted: Vec::new(),
+            quit: None,
+        };
         let mut batch: Option<Batch<'a>> = None;
         // At most one batch closes behind the one being read.
         let mut closing: Option<Closing> = None;
@@ -285,10 +292,7 @@ impl<'a> Fetcher<'a> {
                 &mut queue,
                 &mut batch,
                 &mut closing,
-                &mut deleted,
-                &mut quit,
-                quit_early,
-                pipelined,
+                &mut fetched,
                 &progress,
             )
             .await;
@@ -315,21 +319,17 @@ impl<'a> Fetcher<'a> {
                 "stopping as asked; the rest is fetched on the next run"
             );
         }
-        Ok(Fetched { deleted, quit })
+        Ok(fetched)
     }
 
     /// The loop of [`Self::run`]; on an error the caller ends `batch` and
     /// `closing`.
-    #[allow(clippy::too_many_arguments)]
     async fn fetch_all(
         &mut self,
         queue: &mut Queue<'_>,
         batch: &mut Option<Batch<'a>>,
         closing: &mut Option<Closing>,
-        deleted: &mut Vec<String>,
-        quit: &mut Option<StatusLine>,
-        quit_early: bool,
-        pipelined: bool,
+        fetched: &mut Fetched,
         progress: &Option<indicatif::ProgressBar>,
     ) -> Result<(), SyncError> {
         let wanted = queue.wanted;
@@ -337,46 +337,42 @@ impl<'a> Fetcher<'a> {
             // A stop request: send no further RETR; what is in flight is
             // read, its batch closed and committed, then the caller QUITs.
             queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
-            if pipelined
+            if queue.pipelined()
                 && queue.has_room()
                 && matches!(queue.in_flight.back(), Some(InFlight::Retr(_)))
             {
                 // The last RETR of the window: a NOOP behind it shows that
                 // the message really ended at its terminator.
-                queue.send_confirmation(&mut self.pipeline, quit_early)?;
+                queue.send_confirmation(&mut self.pipeline)?;
             }
             self.pipeline.flush().await?;
             let Some(item) = queue.in_flight.pop_front() else {
-                if quit_early && quit.is_none() && queue.next == wanted.len() {
-                    // Every reply is read: QUIT cannot cut one off now, and
-                    // its round trip overlaps the last batch's close.
+                // Every reply is read: QUIT cannot cut one off now, and its
+                // round trip overlaps the last batch's close.
+                let quit_now = fetched.quit.is_none() && queue.may_quit();
+                if quit_now {
                     self.pipeline.send(&Command::Quit)?;
                     self.pipeline.flush().await?;
                     queue.in_flight.push_back(InFlight::Quit);
-                    if let Some(c) = closing.take() {
-                        self.closed(c, queue).await?;
-                    }
-                    continue;
                 }
                 // The last batch's DELEs may follow its commit.
                 match closing.take() {
-                    Some(c) => {
-                        self.closed(c, queue).await?;
-                        continue;
-                    }
+                    Some(c) => self.closed(c, queue).await?,
+                    None if quit_now => {}
                     None => break,
                 }
+                continue;
             };
             match item {
                 InFlight::Noop => {
                     // In step whatever it says; the step was checked.
                     self.pipeline.next_reply().await?;
                 }
-                InFlight::Quit => *quit = Some(self.pipeline.next_reply().await?.line),
+                InFlight::Quit => fetched.quit = Some(self.pipeline.next_reply().await?.line),
                 InFlight::Dele(msg, uid) => {
                     let line = self.pipeline.next_reply().await?.line;
                     if line.is_ok() {
-                        deleted.push(uid);
+                        fetched.deleted.push(uid);
                     } else {
                         self.report.warn(format!(
                             "DELE {msg} (UID {uid}) refused: {}; will retry on a later run",
@@ -387,11 +383,8 @@ impl<'a> Fetcher<'a> {
                 InFlight::Retr(index) => {
                     let want = &wanted[index];
                     queue.retr_bytes = queue.retr_bytes.saturating_sub(want.size);
-                    self.retrieve(want, batch, queue, quit_early).await?;
-                    if let Some(c) = closing
-                        && c.is_done()
-                    {
-                        let c = closing.take().expect("just seen");
+                    self.retrieve(want, batch, queue).await?;
+                    if let Some(c) = closing.take_if(|c| c.is_done()) {
                         self.closed(c, queue).await?;
                     }
                     if let Some(bar) = progress {
@@ -437,7 +430,6 @@ impl<'a> Fetcher<'a> {
         want: &Wanted<'_>,
         batch: &mut Option<Batch<'a>>,
         queue: &mut Queue<'_>,
-        quit_early: bool,
     ) -> Result<(), SyncError> {
         let line = self.pipeline.next_reply().await?.line;
         let uid_shown = want.uid.unwrap_or("-");
@@ -500,7 +492,7 @@ impl<'a> Fetcher<'a> {
                 return Err(e.into());
             }
         };
-        self.confirm_in_step(want, queue, quit_early).await?;
+        self.confirm_in_step(want, queue).await?;
         self.list_sizes.fetched += 1;
         if stats.crlf_size() != want.size {
             self.list_sizes.differ += 1;
@@ -521,12 +513,11 @@ impl<'a> Fetcher<'a> {
         &mut self,
         want: &Wanted<'_>,
         queue: &mut Queue<'_>,
-        quit_early: bool,
     ) -> Result<(), SyncError> {
         if queue.in_flight.is_empty() {
             queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
             if queue.in_flight.is_empty() {
-                queue.send_confirmation(&mut self.pipeline, quit_early)?;
+                queue.send_confirmation(&mut self.pipeline)?;
             }
         }
         if self.pipeline.next_is_status().await? {
