@@ -486,12 +486,10 @@ async fn run(
     }
 
     // From here on the target lives on its own thread: file and MDA work
-    // overlaps the socket reads and never blocks a tokio worker.
-    let cancelled = ForgetDroppedBatch {
-        store,
-        acct,
-        armed: true,
-    };
+    // overlaps the socket reads and never blocks a tokio worker. Should
+    // this future be dropped mid-batch (the daemon aborting a poll past its
+    // stop grace), the handles undo the batch there and the thread then
+    // forgets its mark; dropping the thread waits for both.
     let ledger = ledger::StoreLedger {
         store: Arc::clone(store),
         acct,
@@ -512,9 +510,7 @@ async fn run(
         delete_after_commit: plan::delete_after_commit(policy),
         list_sizes: fetch::ListSizes::default(),
     };
-    let fetched = fetcher.run(&plan).await;
-    cancelled.disarm();
-    let fetched = fetched?;
+    let fetched = fetcher.run(&plan).await?;
     let deleted = fetched.deleted;
     let quit = match fetched.quit {
         Some(line) => {
@@ -539,37 +535,6 @@ async fn run(
         ));
     }
     Ok(())
-}
-
-/// Declared before the delivery thread, so dropped after it: when the run's
-/// future is dropped mid-batch (the daemon aborting a poll past its stop
-/// grace), the batch handles undo the batch, the thread's end waits for
-/// that, and then the batch's mark goes too, unless messages were journaled
-/// under it (those recovery needs). The fetch loop clears the journal
-/// itself on every path it returns by.
-struct ForgetDroppedBatch<'s> {
-    store: &'s SharedStore,
-    acct: AccountId,
-    armed: bool,
-}
-
-impl ForgetDroppedBatch<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for ForgetDroppedBatch<'_> {
-    fn drop(&mut self) {
-        // Unwinding, the thread's end may not have been waited for: then the
-        // mark must stay, for recovery to find the batch's bytes.
-        if !self.armed || std::thread::panicking() {
-            return;
-        }
-        if let Err(e) = with_store(self.store, |s| s.clear_unjournaled_mark(self.acct)) {
-            tracing::warn!("could not clear the mark of a dropped batch: {e}");
-        }
-    }
 }
 
 /// Deletions resting on an earlier run (`keep = false` retries,
