@@ -661,12 +661,12 @@ impl Store {
                     insert.execute(args).map_err(|e| err_at(&self.path, e))?;
                 }
             }
-            if keep_mark {
-                tx.execute("DELETE FROM intent WHERE account_id = ?1", [account])
-                    .map_err(|e| err_at(&self.path, e))?;
+            let dropped = if keep_mark {
+                drop_intents(&tx, account)
             } else {
-                drop_journal(&tx, account).map_err(|e| err_at(&self.path, e))?;
-            }
+                drop_journal(&tx, account)
+            };
+            dropped.map_err(|e| err_at(&self.path, e))?;
         }
         tx.commit().map_err(|e| err_at(&self.path, e))
     }
@@ -875,8 +875,14 @@ pub fn missing_uids<'a>(
 
 /// Removes an account's journal (intents and batch mark) inside `tx`.
 fn drop_journal(tx: &rusqlite::Transaction<'_>, account: AccountId) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM intent WHERE account_id = ?1", [account])?;
+    drop_intents(tx, account)?;
     tx.execute("DELETE FROM batch_mark WHERE account_id = ?1", [account])?;
+    Ok(())
+}
+
+/// The journaled messages, not the mark.
+fn drop_intents(tx: &rusqlite::Transaction<'_>, account: AccountId) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM intent WHERE account_id = ?1", [account])?;
     Ok(())
 }
 
