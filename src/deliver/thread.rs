@@ -500,6 +500,11 @@ impl Books {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    fn fail_closing(&self) {
+        self.closing_failed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// A batch ended without being committed: its mark goes unless a later
     /// batch (same token) is open.
     fn forget(&self, ledger: &dyn Ledger) {
@@ -545,37 +550,20 @@ struct CloseJob {
 fn serve(target: &mut dyn Target, ledger: &dyn Ledger, queue: &Queue) {
     let books = Books::default();
     std::thread::scope(|scope| {
+        // Started with the first detached batch.
         let mut closer: Option<std::sync::mpsc::Sender<CloseJob>> = None;
         while let Some(op) = queue.pop() {
             let Op::BeginBatch(begun) = op else {
                 refuse(op, misuse("no batch is open"));
                 continue;
             };
-            if books.closing_failed() {
-                let refusal = "not delivered: an earlier batch of this run failed to close";
-                drain(queue, Failed(Some(DeliverError::Other(refusal.into()))));
-                continue;
-            }
-            let batch = match target.batch() {
-                Ok(batch) => batch,
+            let (batch, token) = match begin_batch(target, &books, ledger) {
+                Ok(begun) => begun,
                 Err(e) => {
                     drain(queue, Failed(Some(e)));
                     continue;
                 }
             };
-            let token = batch.token();
-            {
-                let mut open = books.open();
-                if let Some(token) = &token
-                    && let Err(e) = ledger.begin(token)
-                {
-                    drop(open);
-                    drop(batch); // nothing written: nothing to undo
-                    drain(queue, Failed(Some(e.into())));
-                    continue;
-                }
-                *open += 1;
-            }
             let undoable = token.is_some();
             let _ = begun.send(token);
             let mut finished = Vec::new();
@@ -583,25 +571,14 @@ fn serve(target: &mut dyn Target, ledger: &dyn Ledger, queue: &Queue) {
                 Ok(Ended::Aborted) => {}
                 Ok(Ended::Close(batch, reply)) => match batch.detach() {
                     Ok(batch) => {
-                        let closer = closer.get_or_insert_with(|| {
-                            let (tx, rx) = std::sync::mpsc::channel::<CloseJob>();
-                            let books = &books;
-                            std::thread::Builder::new()
-                                .name("popsync-close".into())
-                                .spawn_scoped(scope, move || {
-                                    for job in rx {
-                                        close_job(job, books, ledger);
-                                    }
-                                })
-                                .expect("cannot start the closing thread");
-                            tx
-                        });
+                        let jobs =
+                            closer.get_or_insert_with(|| spawn_closer(scope, &books, ledger));
                         let job = CloseJob {
                             batch,
                             finished,
                             reply,
                         };
-                        if let Err(std::sync::mpsc::SendError(job)) = closer.send(job) {
+                        if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
                             close_job(job, &books, ledger);
                         }
                     }
@@ -626,6 +603,49 @@ fn serve(target: &mut dyn Target, ledger: &dyn Ledger, queue: &Queue) {
             }
         }
     });
+}
+
+/// Begins the target's next batch and journals its token (if any) before
+/// anything of it is written; refused after a failed close.
+fn begin_batch<'t>(
+    target: &'t mut dyn Target,
+    books: &Books,
+    ledger: &dyn Ledger,
+) -> Result<(Box<dyn Batch<'t> + 't>, Option<BatchToken>), DeliverError> {
+    if books.closing_failed() {
+        return Err(after_failed_close());
+    }
+    let batch = target.batch()?;
+    let token = batch.token();
+    let mut open = books.open();
+    if let Some(token) = &token {
+        // On an error `batch` is dropped: nothing was written, nothing to undo.
+        ledger.begin(token)?;
+    }
+    *open += 1;
+    Ok((batch, token))
+}
+
+/// The closer thread: closes the detached batches sent to it, in order.
+fn spawn_closer<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    books: &'env Books,
+    ledger: &'env dyn Ledger,
+) -> std::sync::mpsc::Sender<CloseJob> {
+    let (jobs, rx) = std::sync::mpsc::channel::<CloseJob>();
+    std::thread::Builder::new()
+        .name("popsync-close".into())
+        .spawn_scoped(scope, move || {
+            for job in rx {
+                close_job(job, books, ledger);
+            }
+        })
+        .expect("cannot start the closing thread");
+    jobs
+}
+
+fn after_failed_close() -> DeliverError {
+    DeliverError::Other("not delivered: an earlier batch of this run failed to close".into())
 }
 
 /// A batch failed and was undone; `Some` while the failure is unreported
@@ -687,8 +707,7 @@ fn close_job(job: CloseJob, books: &Books, ledger: &dyn Ledger) {
     if books.closing_failed() {
         drop(batch);
         books.forget(ledger);
-        let refusal = "not delivered: an earlier batch of this run failed to close";
-        let _ = reply.send(Err(DeliverError::Other(refusal.into())));
+        let _ = reply.send(Err(after_failed_close()));
         return;
     }
     let closed = close(batch, books, ledger, &finished);
@@ -706,9 +725,7 @@ fn close<'b>(
 ) -> Result<(), DeliverError> {
     let closed = close_steps(batch, books, ledger, finished);
     if closed.is_err() {
-        books
-            .closing_failed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        books.fail_closing();
     }
     closed
 }
