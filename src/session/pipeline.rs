@@ -90,6 +90,13 @@ impl Pipeline<'_> {
     /// cue to read a reply first.
     pub fn send(&mut self, cmd: &Command<'_>) -> Result<(), SessionError> {
         debug_assert!(self.has_room(), "pipeline window of {} full", self.window);
+        // Dovecot answers a QUIT as soon as its output buffer is nearly
+        // empty and drops what the client has not read yet.
+        debug_assert!(
+            !matches!(cmd, Command::Quit) || self.in_flight() == 0,
+            "QUIT behind {} unread replies",
+            self.in_flight()
+        );
         self.session.conn.queue(cmd)?;
         self.pairing.expect(cmd);
         Ok(())
