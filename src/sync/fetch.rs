@@ -252,8 +252,17 @@ fn thousands(n: u64) -> String {
 
 impl<'a> Fetcher<'a> {
     /// Fetches `plan.fetch`, deletes `plan.delete` and (by policy) what it
-    /// fetched; see [`Fetched`].
-    pub async fn run(&mut self, plan: &Plan<'_>) -> Result<Fetched, SyncError> {
+    /// fetched; see [`Fetched`]. `record_plan` writes the plan's state rows
+    /// once the first window is sent and before any reply is read: the
+    /// server answers meanwhile instead of waiting on the inserts (15 ms
+    /// for the 6,046-message corpus), and nothing is delivered before the
+    /// rows are in. Should it fail, the session ends without QUIT, so no
+    /// DELE sent takes effect.
+    pub async fn run(
+        &mut self,
+        plan: &Plan<'_>,
+        record_plan: impl FnOnce(&mut AccountReport) -> Result<(), SyncError>,
+    ) -> Result<Fetched, SyncError> {
         // See `pipeline`: a window of 1 is lock-step, whatever the server offers.
         let window = if self.pipeline.window() > 1 {
             self.opts.pipeline
@@ -284,6 +293,9 @@ impl<'a> Fetcher<'a> {
             deleted: Vec::new(),
             quit: None,
         };
+        queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
+        self.pipeline.flush().await?;
+        record_plan(self.report)?;
         let mut batch: Option<Batch<'a>> = None;
         // At most one batch closes behind the one being read.
         let mut closing: Option<Closing> = None;

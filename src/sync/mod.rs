@@ -457,34 +457,6 @@ async fn run(
     if !plan.delete.is_empty() {
         keep_unverified(&mut plan, acct, store, report)?;
     }
-    with_store(store, |s| s.add_pending(acct, &plan.new_uids, opts.now))?;
-    if uidl.is_some() {
-        // `known` is the live set just read (new UIDs are all present), so
-        // no second read of it: that read was a quarter of a no-op run's CPU.
-        let gone = &plan.gone;
-        if !gone.is_empty() {
-            with_store(store, |s| s.retire(acct, gone, opts.now))?;
-            tracing::debug!(account = %account.name, retired = gone.len(), "UIDs no longer on the server");
-        }
-        let pruned = with_store(store, |s| s.prune_retired(acct, opts.now, RETIRED_HORIZON))?;
-        if pruned > 0 {
-            tracing::debug!(account = %account.name, pruned, "forgot UIDs gone for 90 days");
-        }
-    }
-    for skip in &plan.skip {
-        report.skipped += 1;
-        let uid = skip.uid.as_deref().unwrap_or("-");
-        report.warn(format!(
-            "message {} (UID {uid}) left on the server: {}",
-            skip.msg, skip.reason
-        ));
-        if skip.record
-            && let Some(uid) = &skip.uid
-        {
-            with_store(store, |s| s.mark_skipped(acct, uid, &skip.reason))?;
-        }
-    }
-
     // From here on the target lives on its own thread: file and MDA work
     // overlaps the socket reads and never blocks a tokio worker. Should
     // this future be dropped mid-batch (the daemon aborting a poll past its
@@ -510,7 +482,12 @@ async fn run(
         delete_after_commit: plan::delete_after_commit(policy),
         list_sizes: fetch::ListSizes::default(),
     };
-    let fetched = fetcher.run(&plan).await?;
+    let uidl_complete = uidl.is_some();
+    let fetched = fetcher
+        .run(&plan, |report| {
+            record_plan(&plan, uidl_complete, account, acct, store, opts, report)
+        })
+        .await?;
     let deleted = fetched.deleted;
     let quit = match fetched.quit {
         Some(line) => {
@@ -533,6 +510,47 @@ async fn run(
             quit.describe(),
             deleted.len()
         ));
+    }
+    Ok(())
+}
+
+/// The plan's state rows: its new UIDs pending, those gone from a complete
+/// UIDL retired (and old ones pruned), the skipped ones marked.
+fn record_plan(
+    plan: &plan::Plan<'_>,
+    uidl_complete: bool,
+    account: &Account,
+    acct: AccountId,
+    store: &SharedStore,
+    opts: &SyncOptions,
+    report: &mut AccountReport,
+) -> Result<(), SyncError> {
+    with_store(store, |s| s.add_pending(acct, &plan.new_uids, opts.now))?;
+    if uidl_complete {
+        // `known` is the live set just read (new UIDs are all present), so
+        // no second read of it: that read was a quarter of a no-op run's CPU.
+        let gone = &plan.gone;
+        if !gone.is_empty() {
+            with_store(store, |s| s.retire(acct, gone, opts.now))?;
+            tracing::debug!(account = %account.name, retired = gone.len(), "UIDs no longer on the server");
+        }
+        let pruned = with_store(store, |s| s.prune_retired(acct, opts.now, RETIRED_HORIZON))?;
+        if pruned > 0 {
+            tracing::debug!(account = %account.name, pruned, "forgot UIDs gone for 90 days");
+        }
+    }
+    for skip in &plan.skip {
+        report.skipped += 1;
+        let uid = skip.uid.as_deref().unwrap_or("-");
+        report.warn(format!(
+            "message {} (UID {uid}) left on the server: {}",
+            skip.msg, skip.reason
+        ));
+        if skip.record
+            && let Some(uid) = &skip.uid
+        {
+            with_store(store, |s| s.mark_skipped(acct, uid, &skip.reason))?;
+        }
     }
     Ok(())
 }
