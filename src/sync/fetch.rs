@@ -70,7 +70,7 @@ impl Window {
     /// after every reply sent one RETR per write: for the corpus over TLS,
     /// 4,500 records, each waking the server's TLS proxy and its pop3
     /// process for one command. An eighth of the window at once keeps the
-    /// link as full and makes that ~40 writes.
+    /// link as full and makes that fewer than a hundred writes.
     fn wants_refill(&self, commands: usize, retr_bytes: u64) -> bool {
         commands == 0
             || (commands + self.commands / 8 <= self.commands
