@@ -833,6 +833,11 @@ fn chart(rows: &[Row], out: &Path) {
             s.rss_median / 1024.0
         );
     }
+    if data.is_empty() {
+        // `--only-latency`: no corpus rows, and gnuplot would leave an
+        // empty PNG behind its "x range is invalid".
+        return;
+    }
     let dat = out.join("chart.dat");
     std::fs::write(&dat, data).expect("write chart.dat");
     let script = format!(
