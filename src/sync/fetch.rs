@@ -154,6 +154,23 @@ impl Queue<'_> {
         self.window.admits(self.in_flight.len(), self.retr_bytes)
     }
 
+    /// [`Self::fill`], then, once the last RETR is out and the window has
+    /// room, the NOOP (or QUIT) behind it that shows the message really
+    /// ended at its terminator. Not before: a window left unfilled while
+    /// it drains still has RETRs to send.
+    fn top_up(&mut self, pipeline: &mut Pipeline<'_>, stopping: bool) -> Result<(), SessionError> {
+        self.fill(pipeline, stopping)?;
+        let all_sent = stopping || self.next == self.wanted.len();
+        if self.pipelined()
+            && all_sent
+            && self.has_room()
+            && matches!(self.in_flight.back(), Some(InFlight::Retr(_)))
+        {
+            self.send_confirmation(pipeline)?;
+        }
+        Ok(())
+    }
+
     /// More than one command in flight (the server pipelines).
     fn pipelined(&self) -> bool {
         self.window.commands > 1
@@ -311,7 +328,7 @@ impl<'a> Fetcher<'a> {
             deleted: Vec::new(),
             quit: None,
         };
-        queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
+        queue.top_up(&mut self.pipeline, self.opts.stop_requested())?;
         self.pipeline.flush().await?;
         record_plan(self.report)?;
         let mut batch: Option<Batch<'a>> = None;
@@ -366,15 +383,7 @@ impl<'a> Fetcher<'a> {
         loop {
             // A stop request: send no further RETR; what is in flight is
             // read, its batch closed and committed, then the caller QUITs.
-            queue.fill(&mut self.pipeline, self.opts.stop_requested())?;
-            if queue.pipelined()
-                && queue.has_room()
-                && matches!(queue.in_flight.back(), Some(InFlight::Retr(_)))
-            {
-                // The last RETR of the window: a NOOP behind it shows that
-                // the message really ended at its terminator.
-                queue.send_confirmation(&mut self.pipeline)?;
-            }
+            queue.top_up(&mut self.pipeline, self.opts.stop_requested())?;
             self.pipeline.flush().await?;
             let Some(item) = queue.in_flight.pop_front() else {
                 // Every reply is read: QUIT cannot cut one off now, and its

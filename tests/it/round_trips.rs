@@ -198,6 +198,47 @@ fn the_first_retrs_go_out_before_the_plans_state_rows_are_written() {
     server.finish_blocking().unwrap();
 }
 
+/// The window is topped up only once an eighth of it has drained, and the
+/// NOOP that confirms the last RETR goes only behind the mailbox's last
+/// RETR, not behind a window left unfilled while it drains. LIST announces
+/// 512 KiB a message: 16 fill the 8 MiB window, two replies free an eighth.
+#[test]
+fn the_window_refills_after_an_eighth_and_noop_follows_only_the_last_retr() {
+    let n = 20;
+    let mut steps = greeting_and_capa(true);
+    steps.extend(["USER u", "PASS *", "STAT", "UIDL", "LIST"].map(expect));
+    steps.extend([
+        line("+OK"),
+        line("+OK logged in"),
+        line(&format!("+OK {n} {}", n * 524_288)),
+        line("+OK"),
+    ]);
+    steps.extend((1..=n).map(|i| line(&format!("{i} uid-{i}"))));
+    steps.extend([line("."), line("+OK")]);
+    steps.extend((1..=n).map(|i| line(&format!("{i} 524288"))));
+    steps.push(line("."));
+    steps.extend((1..=16).map(|i| expect(&format!("RETR {i}"))));
+    // The client tops up after a message once the next status line is in:
+    // after message 2 (RETR 17-18), after 4 (RETR 19-20), then, all sent,
+    // the NOOP after 5.
+    steps.extend((1..=3).flat_map(message));
+    steps.extend(["RETR 17", "RETR 18"].map(expect));
+    steps.extend((4..=5).flat_map(message));
+    steps.extend(["RETR 19", "RETR 20"].map(expect));
+    steps.extend(message(6));
+    steps.push(expect("NOOP"));
+    steps.extend((7..=n).flat_map(message));
+    steps.push(line("+OK"));
+    steps.extend([expect("QUIT"), line("+OK bye")]);
+    let server = ScriptedServer::start(steps);
+    let p = Popsync::new("");
+    p.write_config(&account(&server, &p, ""));
+    let run = p.run(&["sync"]);
+    run.expect_code(0);
+    assert_eq!(stored(&p), n as usize);
+    server.finish_blocking().unwrap();
+}
+
 /// Lock-step (no PIPELINING): QUIT, sent once the last message was read,
 /// is the command whose reply shows that message ended at its terminator.
 #[test]
