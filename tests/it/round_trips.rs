@@ -41,6 +41,11 @@ fn greeting_and_capa(pipelining: bool) -> Vec<Step> {
 /// The login and listing of a mailbox of `n` messages uid-1.., in
 /// lock-step order (a pipelining client's lines are read from the buffer).
 fn login_and_listing(n: u32) -> Vec<Step> {
+    login_and_listing_sized(n, 30)
+}
+
+/// The same, with LIST announcing `size` octets a message.
+fn login_and_listing_sized(n: u32, size: u32) -> Vec<Step> {
     let mut steps = vec![
         expect("USER u"),
         line("+OK"),
@@ -49,12 +54,12 @@ fn login_and_listing(n: u32) -> Vec<Step> {
         expect("STAT"),
         expect("UIDL"),
         expect("LIST"),
-        line(&format!("+OK {n} {}", n * 30)),
+        line(&format!("+OK {n} {}", n * size)),
         line("+OK"),
     ];
     steps.extend((1..=n).map(|i| line(&format!("{i} uid-{i}"))));
     steps.extend([line("."), line("+OK")]);
-    steps.extend((1..=n).map(|i| line(&format!("{i} 30"))));
+    steps.extend((1..=n).map(|i| line(&format!("{i} {size}"))));
     steps.push(line("."));
     steps
 }
@@ -206,17 +211,7 @@ fn the_first_retrs_go_out_before_the_plans_state_rows_are_written() {
 fn the_window_refills_after_an_eighth_and_noop_follows_only_the_last_retr() {
     let n = 20;
     let mut steps = greeting_and_capa(true);
-    steps.extend(["USER u", "PASS *", "STAT", "UIDL", "LIST"].map(expect));
-    steps.extend([
-        line("+OK"),
-        line("+OK logged in"),
-        line(&format!("+OK {n} {}", n * 524_288)),
-        line("+OK"),
-    ]);
-    steps.extend((1..=n).map(|i| line(&format!("{i} uid-{i}"))));
-    steps.extend([line("."), line("+OK")]);
-    steps.extend((1..=n).map(|i| line(&format!("{i} 524288"))));
-    steps.push(line("."));
+    steps.extend(login_and_listing_sized(n, 524_288));
     steps.extend((1..=16).map(|i| expect(&format!("RETR {i}"))));
     // The client tops up after a message once the next status line is in:
     // after message 2 (RETR 17-18), after 4 (RETR 19-20), then, all sent,
