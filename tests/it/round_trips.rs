@@ -79,14 +79,18 @@ fn stored(p: &Popsync) -> usize {
 }
 
 /// `popsync sync` against `steps` (account settings `extra`): it must
-/// follow the script to its end and store both messages.
-fn syncs_two_messages(steps: Vec<Step>, extra: &str) {
+/// follow the script to its end and store `n` messages.
+fn syncs_messages(steps: Vec<Step>, extra: &str, n: usize) {
     let server = ScriptedServer::start(steps);
     let p = Popsync::new("");
     p.write_config(&account(&server, &p, extra));
     p.run(&["sync"]).expect_code(0);
-    assert_eq!(stored(&p), 2);
+    assert_eq!(stored(&p), n);
     server.finish_blocking().unwrap();
+}
+
+fn syncs_two_messages(steps: Vec<Step>, extra: &str) {
+    syncs_messages(steps, extra, 2);
 }
 
 #[test]
@@ -225,13 +229,7 @@ fn the_window_refills_after_an_eighth_and_noop_follows_only_the_last_retr() {
     steps.extend((7..=n).flat_map(message));
     steps.push(line("+OK"));
     steps.extend([expect("QUIT"), line("+OK bye")]);
-    let server = ScriptedServer::start(steps);
-    let p = Popsync::new("");
-    p.write_config(&account(&server, &p, ""));
-    let run = p.run(&["sync"]);
-    run.expect_code(0);
-    assert_eq!(stored(&p), n as usize);
-    server.finish_blocking().unwrap();
+    syncs_messages(steps, "", n as usize);
 }
 
 /// Lock-step (no PIPELINING): QUIT, sent once the last message was read,
